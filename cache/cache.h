@@ -1,0 +1,155 @@
+/* cache.h: the local store of one account.
+ *
+ *   DIR/index.sqlite    folders and messages (SQLite, WAL mode)
+ *   DIR/bodies/F/UID    message bodies, one plain file each (F = folder id)
+ *
+ * The directory is created mode 0700 (an existing one is chmod'ed to 0700),
+ * every file 0600.  Bodies are written atomically (temp file in the same
+ * directory, fsync, rename), so a crash leaves either the whole body or none.
+ * The bytes of all bodies are bounded by body_limit: storing a body evicts
+ * the least recently opened others (never one marked pinned) until the total
+ * fits.  Knows no protocol and no kernel.
+ *
+ * Thread-safe: every call takes the cache's mutex.  Strings in the structs
+ * returned belong to the caller, who frees them with cache_folder_clear() /
+ * cache_msg_clear() / cache_*_list_free().  Functions return 0 or a negative
+ * errno (-ENOENT when a thing does not exist, -EEXIST for a name taken,
+ * -EIO for an SQLite failure, which is also logged). */
+#ifndef MAILFS_CACHE_H
+#define MAILFS_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+struct cache;
+
+/* Folder flags. */
+#define CACHE_FOLDER_NOSELECT 0x01u /* a directory with no messages */
+#define CACHE_FOLDER_TRASH    0x02u /* \Trash special use */
+#define CACHE_FOLDER_SENT     0x04u
+#define CACHE_FOLDER_DRAFTS   0x08u
+#define CACHE_FOLDER_JUNK     0x10u
+#define CACHE_FOLDER_ARCHIVE  0x20u
+#define CACHE_FOLDER_SEEN     0x100u /* seen in the latest LIST (for the
+					caller's mark-and-sweep) */
+
+struct cache_folder {
+	int64_t id;          /* > 0; stable while the folder exists */
+	int64_t parent_id;   /* 0: top level */
+	char *name;          /* directory name in the mount (UTF-8) */
+	char *server_name;   /* mailbox name on the server, unique */
+	uint32_t flags;      /* CACHE_FOLDER_* */
+	uint32_t uidvalidity; /* 0: never selected */
+	uint32_t uidnext;
+	uint64_t highestmodseq;
+	int64_t last_sync;   /* unix time of the last complete sync, 0: never */
+};
+
+struct cache_msg {
+	int64_t folder_id;
+	uint32_t uid;
+	char *name;          /* file name in its folder, unique there */
+	uint64_t size;       /* bytes; exact once the body has been stored */
+	int64_t mtime;       /* INTERNALDATE, unix seconds */
+	char *flags;         /* space-separated, e.g. "\\Seen $Junk"; never NULL */
+	char *message_id;    /* may be NULL */
+	uint64_t modseq;
+	bool cached;         /* the body is in the store */
+	bool pinned;         /* body must not be evicted (pending change) */
+};
+
+int cache_open(struct cache **cache_r, const char *dir, uint64_t body_limit,
+	       const char **error_r);
+void cache_close(struct cache **cache);
+
+/* ---- folders ---- */
+
+/* Insert a folder, or update parent/name/flags of the one with this
+ * server_name (its id stays).  -EEXIST if another folder already has
+ * (parent_id, name). */
+int cache_folder_put(struct cache *cache, int64_t parent_id, const char *name,
+		     const char *server_name, uint32_t flags, int64_t *id_r);
+int cache_folder_get(struct cache *cache, int64_t id, struct cache_folder *f_r);
+int cache_folder_lookup(struct cache *cache, int64_t parent_id,
+			const char *name, struct cache_folder *f_r);
+int cache_folder_by_server_name(struct cache *cache, const char *server_name,
+				struct cache_folder *f_r);
+/* All folders, ordered by id. */
+int cache_folder_list(struct cache *cache, struct cache_folder **folders_r,
+		      size_t *count_r);
+/* Children of parent_id with id > after_id, ordered by id, at most limit. */
+int cache_folder_children(struct cache *cache, int64_t parent_id,
+			  int64_t after_id, size_t limit,
+			  struct cache_folder **folders_r, size_t *count_r);
+int cache_folder_set_state(struct cache *cache, int64_t id,
+			   uint32_t uidvalidity, uint32_t uidnext,
+			   uint64_t highestmodseq, int64_t last_sync);
+/* Delete the folder with its messages and bodies (children are the
+ * caller's business). */
+int cache_folder_delete(struct cache *cache, int64_t id);
+/* Drop its messages and bodies, keep the folder (UIDVALIDITY change);
+ * resets uidvalidity/uidnext/highestmodseq/last_sync to 0. */
+int cache_folder_reset(struct cache *cache, int64_t id);
+void cache_folder_clear(struct cache_folder *f);
+void cache_folder_list_free(struct cache_folder *folders, size_t count);
+
+/* ---- messages ---- */
+
+/* Insert or replace message (folder_id, uid).  When m->name is NULL a name
+ * is chosen from base: "BASE.eml", or when taken in the folder
+ * "BASE (2).eml", "BASE (3).eml", ...; when m->name is set it is used as
+ * given (-EEXIST when another message of the folder has it).  Replacing
+ * keeps the existing name unless m->name says otherwise.  The chosen name
+ * is returned in *name_r if name_r is not NULL (caller frees). */
+int cache_msg_put(struct cache *cache, const struct cache_msg *m,
+		  const char *base, char **name_r);
+int cache_msg_get(struct cache *cache, int64_t folder_id, uint32_t uid,
+		  struct cache_msg *m_r);
+int cache_msg_lookup(struct cache *cache, int64_t folder_id, const char *name,
+		     struct cache_msg *m_r);
+/* Messages with uid > after_uid, ordered by uid, at most limit. */
+int cache_msg_list(struct cache *cache, int64_t folder_id, uint32_t after_uid,
+		   size_t limit, struct cache_msg **msgs_r, size_t *count_r);
+/* All UIDs of the folder, ascending. */
+int cache_msg_uids(struct cache *cache, int64_t folder_id, uint32_t **uids_r,
+		   size_t *count_r);
+/* Up to limit UIDs > after_uid whose body is not cached, ascending (for
+ * read-ahead). */
+int cache_msg_uncached(struct cache *cache, int64_t folder_id,
+		       uint32_t after_uid, size_t limit, uint32_t **uids_r,
+		       size_t *count_r);
+size_t cache_msg_count(struct cache *cache, int64_t folder_id);
+int cache_msg_set_flags(struct cache *cache, int64_t folder_id, uint32_t uid,
+			const char *flags, uint64_t modseq);
+int cache_msg_set_size(struct cache *cache, int64_t folder_id, uint32_t uid,
+		       uint64_t size);
+int cache_msg_rename(struct cache *cache, int64_t folder_id, uint32_t uid,
+		     const char *name);
+int cache_msg_set_pinned(struct cache *cache, int64_t folder_id, uint32_t uid,
+			 bool pinned);
+/* Delete the message and its body. */
+int cache_msg_delete(struct cache *cache, int64_t folder_id, uint32_t uid);
+void cache_msg_clear(struct cache_msg *m);
+void cache_msg_list_free(struct cache_msg *msgs, size_t count);
+
+/* ---- bodies ---- */
+
+/* Open the cached body read-only (O_CLOEXEC) and mark it recently used.
+ * Returns an fd the caller closes, or -ENOENT when not cached. */
+int cache_body_open(struct cache *cache, int64_t folder_id, uint32_t uid);
+/* Store the body atomically, set the message's cached flag and its size to
+ * len, then evict others if over the limit.  The message must exist
+ * (-ENOENT otherwise). */
+int cache_body_store(struct cache *cache, int64_t folder_id, uint32_t uid,
+		     const void *data, size_t len);
+/* Bytes of all cached bodies. */
+uint64_t cache_bytes(struct cache *cache);
+
+/* ---- small persistent settings (key/value), e.g. POP3 consumed UIDLs
+ * are kept elsewhere; this is for counters and markers ---- */
+int cache_kv_get(struct cache *cache, const char *key, char **value_r);
+int cache_kv_set(struct cache *cache, const char *key, const char *value);
+
+#endif

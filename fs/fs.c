@@ -1,0 +1,1105 @@
+/* fs.c: the FUSE layer (see fs.h).
+ *
+ * Every handler ends in exactly one fuse_reply_*, either at once (from the
+ * cache) or later from a store callback on an engine thread.  Kernel cache
+ * invalidations go through one notifier thread with a queue: calling them
+ * from a handler, or while a handler waits for us, can deadlock (see
+ * FUSE-NOTES.md 2). */
+#include "fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define INO_ROOT   1
+#define INO_CTL    2 /* MOUNTPOINT/.mailfs */
+#define INO_STATUS 3
+#define INO_SYNC   4
+
+#define CTL_NAME ".mailfs"
+#define TIMEOUT 60.0 /* every change we know of is also notified */
+#define MSG_COOKIE ((off_t)1 << 32)
+
+struct note {
+	fuse_ino_t parent; /* inval_entry(parent, name), or */
+	char *name;
+	fuse_ino_t ino;    /* inval_inode(ino) attributes */
+	struct note *next;
+};
+
+struct mfs {
+	struct cache *cache;
+	struct store *store;
+	bool ro;
+	uint64_t cache_limit;
+	uid_t uid;
+	gid_t gid;
+	time_t started;
+	struct fuse_session *se;
+
+	pthread_t notifier;
+	bool notifier_running;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct note *notes, *notes_tail; /* lock */
+	bool stopping;                   /* lock */
+};
+
+/* Status file contents, made at open so that every read of one open file
+ * sees one consistent text. */
+struct text_fh {
+	size_t len;
+	char data[];
+};
+
+static struct mfs *mfs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static fuse_ino_t folder_ino(int64_t id)
+{
+	return id == 0 ? INO_ROOT : (fuse_ino_t)id << 32;
+}
+
+static fuse_ino_t msg_ino(int64_t folder_id, uint32_t uid)
+{
+	return ((fuse_ino_t)folder_id << 32) | uid;
+}
+
+/* Derived inode numbers: below 2^32 the fixed ones, above (folder, uid)
+ * with uid 0 for the folder itself; the root is folder 0. */
+static bool ino_folder(fuse_ino_t ino, int64_t *folder_r)
+{
+	if (ino == INO_ROOT) {
+		*folder_r = 0;
+		return true;
+	}
+	if (ino >> 32 && (ino & 0xffffffffu) == 0) {
+		*folder_r = (int64_t)(ino >> 32);
+		return true;
+	}
+	return false;
+}
+
+static bool ino_msg(fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r)
+{
+	if (!(ino >> 32) || (ino & 0xffffffffu) == 0)
+		return false;
+	*folder_r = (int64_t)(ino >> 32);
+	*uid_r = (uint32_t)(ino & 0xffffffffu);
+	return true;
+}
+
+/* The one place where a store failure becomes an errno. */
+static int store_errno(enum store_error e)
+{
+	switch (e) {
+	case STORE_OK:
+		return 0;
+	case STORE_ERR_NOTFOUND:
+		return ENOENT;
+	case STORE_ERR_QUOTA:
+		return ENOSPC;
+	case STORE_ERR_PERM:
+	case STORE_ERR_REFUSED:
+		return EACCES;
+	case STORE_ERR_OFFLINE:
+	case STORE_ERR_IO:
+		break;
+	}
+	return EIO;
+}
+
+/* ---- the notifier ---- */
+
+static void note_push(struct mfs *m, fuse_ino_t parent, const char *name, fuse_ino_t ino)
+{
+	struct note *n = calloc(1, sizeof(*n));
+
+	if (!n)
+		return;
+	n->parent = parent;
+	n->ino = ino;
+	if (name && !(n->name = strdup(name))) {
+		free(n);
+		return;
+	}
+	pthread_mutex_lock(&m->lock);
+	if (m->notes_tail)
+		m->notes_tail->next = n;
+	else
+		m->notes = n;
+	m->notes_tail = n;
+	pthread_cond_signal(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void *notifier_main(void *arg)
+{
+	struct mfs *m = arg;
+
+	pthread_mutex_lock(&m->lock);
+	for (;;) {
+		while (!m->stopping && !m->notes)
+			pthread_cond_wait(&m->cond, &m->lock);
+		if (m->stopping)
+			break;
+		struct note *n = m->notes;
+
+		m->notes = n->next;
+		if (!m->notes)
+			m->notes_tail = NULL;
+		pthread_mutex_unlock(&m->lock);
+		if (n->name)
+			fuse_lowlevel_notify_inval_entry(m->se, n->parent, n->name, strlen(n->name));
+		else
+			fuse_lowlevel_notify_inval_inode(m->se, n->ino ? n->ino : n->parent, -1, 0);
+		free(n->name);
+		free(n);
+		pthread_mutex_lock(&m->lock);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+static void ev_entry_changed(void *ctx, int64_t folder_id, const char *name)
+{
+	struct mfs *m = ctx;
+
+	note_push(m, folder_ino(folder_id), name, 0);
+	/* The directory's size/mtime, for tools that watch them. */
+	note_push(m, 0, NULL, folder_ino(folder_id));
+}
+
+static void ev_message_changed(void *ctx, int64_t folder_id, uint32_t uid)
+{
+	note_push(ctx, 0, NULL, msg_ino(folder_id, uid));
+}
+
+/* ---- attributes ---- */
+
+static void attr_dir(struct mfs *m, fuse_ino_t ino, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = S_IFDIR | 0700;
+	st->st_nlink = 2;
+	st->st_uid = m->uid;
+	st->st_gid = m->gid;
+	st->st_size = 4096;
+	st->st_blksize = 4096;
+	st->st_atime = st->st_mtime = st->st_ctime = m->started;
+}
+
+static void attr_file(struct mfs *m, fuse_ino_t ino, uint64_t size, time_t mtime,
+		      mode_t mode, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = S_IFREG | mode;
+	st->st_nlink = 1;
+	st->st_uid = m->uid;
+	st->st_gid = m->gid;
+	st->st_size = (off_t)size;
+	st->st_blocks = (blkcnt_t)((size + 511) / 512);
+	st->st_blksize = 65536;
+	st->st_atime = st->st_mtime = st->st_ctime = mtime;
+}
+
+static void attr_msg(struct mfs *m, const struct cache_msg *msg, struct stat *st)
+{
+	attr_file(m, msg_ino(msg->folder_id, msg->uid), msg->size, (time_t)msg->mtime,
+		  0600, st);
+}
+
+static char *status_text(struct mfs *m, size_t *len_r)
+{
+	struct store_status st;
+	char when[64] = "never";
+	char *text = NULL;
+	int n;
+
+	m->store->ops->status(m->store, &st);
+	if (st.last_sync) {
+		struct tm tm;
+		time_t t = (time_t)st.last_sync;
+
+		gmtime_r(&t, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+	n = asprintf(&text,
+		     "state: %s\nserver: %s\npending: %u\ncache_bytes: %llu\nlast_sync: %s\nfetch_commands: %llu\n",
+		     st.state, st.server, st.pending, (unsigned long long)cache_bytes(m->cache),
+		     when, (unsigned long long)st.fetches);
+	if (n < 0)
+		return NULL;
+	*len_r = (size_t)n;
+	return text;
+}
+
+/* Attributes of any inode: 0 or an errno. */
+static int get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *generation_r)
+{
+	int64_t folder;
+	uint32_t uid;
+
+	*generation_r = 1;
+	if (ino == INO_ROOT || ino == INO_CTL) {
+		attr_dir(m, ino, st);
+		return 0;
+	}
+	if (ino == INO_STATUS) {
+		size_t len = 0;
+		char *t = status_text(m, &len);
+
+		free(t);
+		attr_file(m, ino, len, time(NULL), 0400, st);
+		return 0;
+	}
+	if (ino == INO_SYNC) {
+		attr_file(m, ino, 0, m->started, 0200, st);
+		return 0;
+	}
+	if (ino_folder(ino, &folder)) {
+		struct cache_folder f;
+
+		if (cache_folder_get(m->cache, folder, &f) < 0)
+			return ENOENT;
+		cache_folder_clear(&f);
+		attr_dir(m, ino, st);
+		return 0;
+	}
+	if (ino_msg(ino, &folder, &uid)) {
+		struct cache_msg msg;
+		struct cache_folder f;
+
+		if (cache_msg_get(m->cache, folder, uid, &msg) < 0)
+			return ENOENT;
+		attr_msg(m, &msg, st);
+		cache_msg_clear(&msg);
+		if (cache_folder_get(m->cache, folder, &f) == 0) {
+			*generation_r = f.uidvalidity ? f.uidvalidity : 1;
+			cache_folder_clear(&f);
+		}
+		return 0;
+	}
+	return ENOENT;
+}
+
+static void fill_entry(struct fuse_entry_param *e, fuse_ino_t ino, const struct stat *st,
+		       uint64_t generation)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = ino;
+	e->generation = generation;
+	e->attr = *st;
+	e->attr_timeout = TIMEOUT;
+	e->entry_timeout = TIMEOUT;
+}
+
+/* A cached "no such name": the kernel asks us again only after the
+ * timeout or an inval_entry, which new mail sends. */
+static void reply_negative(fuse_req_t req)
+{
+	struct fuse_entry_param e;
+
+	memset(&e, 0, sizeof(e));
+	e.entry_timeout = TIMEOUT;
+	fuse_reply_entry(req, &e);
+}
+
+/* ---- parked requests ---- */
+
+struct parked {
+	struct mfs *m;
+	fuse_req_t req;
+	fuse_ino_t ino;
+	int64_t folder_id;
+	uint32_t uid;
+	size_t size;
+	off_t off;
+	bool plus;
+	struct fuse_file_info fi;
+	char name[];
+};
+
+static struct parked *park(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	size_t nl = name ? strlen(name) : 0;
+	struct parked *p = calloc(1, sizeof(*p) + nl + 1);
+
+	if (!p)
+		return NULL;
+	p->m = mfs_of(req);
+	p->req = req;
+	p->ino = ino;
+	if (name)
+		memcpy(p->name, name, nl + 1);
+	return p;
+}
+
+/* ---- lookup ---- */
+
+static void lookup_in_folder(struct mfs *m, fuse_req_t req, int64_t folder, const char *name)
+{
+	struct cache_folder f;
+	struct cache_msg msg;
+	struct stat st;
+	struct fuse_entry_param e;
+	uint64_t gen = 1;
+
+	if (cache_folder_lookup(m->cache, folder, name, &f) == 0) {
+		attr_dir(m, folder_ino(f.id), &st);
+		fill_entry(&e, folder_ino(f.id), &st, 1);
+		cache_folder_clear(&f);
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (folder != 0 && cache_msg_lookup(m->cache, folder, name, &msg) == 0) {
+		if (cache_folder_get(m->cache, folder, &f) == 0) {
+			gen = f.uidvalidity ? f.uidvalidity : 1;
+			cache_folder_clear(&f);
+		}
+		attr_msg(m, &msg, &st);
+		fill_entry(&e, st.st_ino, &st, gen);
+		cache_msg_clear(&msg);
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	reply_negative(req);
+}
+
+static void lookup_ready(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+
+	(void)changed;
+	if (err != STORE_OK && err != STORE_ERR_OFFLINE)
+		fuse_reply_err(p->req, store_errno(err));
+	else
+		lookup_in_folder(p->m, p->req, p->folder_id, p->name);
+	free(p);
+}
+
+static bool is_message_name(const char *name)
+{
+	size_t len = strlen(name);
+
+	return len > 4 && !strcmp(name + len - 4, ".eml");
+}
+
+static void mfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct mfs *m = mfs_of(req);
+	struct fuse_entry_param e;
+	struct stat st;
+	uint64_t gen;
+	int64_t folder;
+
+	if (parent == INO_ROOT && !strcmp(name, CTL_NAME)) {
+		get_attr(m, INO_CTL, &st, &gen);
+		fill_entry(&e, INO_CTL, &st, gen);
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (parent == INO_CTL) {
+		fuse_ino_t ino = !strcmp(name, "status") ? INO_STATUS :
+				 !strcmp(name, "sync") ? INO_SYNC : 0;
+
+		if (!ino) {
+			reply_negative(req);
+			return;
+		}
+		get_attr(m, ino, &st, &gen);
+		fill_entry(&e, ino, &st, gen);
+		if (ino == INO_STATUS)
+			e.attr_timeout = 0; /* its size changes all the time */
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (!ino_folder(parent, &folder)) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	/* Names we never make (file managers probe .hidden, .Trash-0,
+	 * autorun.inf...): answer without waiting for the server.  Only a
+	 * message name needs the folder's listing; folders are known from
+	 * LIST already. */
+	if (name[0] == '.' || folder == 0 || !is_message_name(name) ||
+	    m->store->ops->folder_is_ready(m->store, folder)) {
+		if (name[0] == '.')
+			reply_negative(req);
+		else
+			lookup_in_folder(m, req, folder, name);
+		return;
+	}
+	struct parked *p = park(req, parent, name);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->folder_id = folder;
+	m->store->ops->folder_ready(m->store, folder, lookup_ready, p);
+}
+
+static void mfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct mfs *m = mfs_of(req);
+	struct stat st;
+	uint64_t gen;
+	int err;
+
+	(void)fi;
+	err = get_attr(m, ino, &st, &gen);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_attr(req, &st, ino == INO_STATUS ? 0 : TIMEOUT);
+}
+
+/* ---- readdir ----
+ * Offsets are stable cookies, never list positions, so entries appearing
+ * or vanishing between two calls neither repeat nor skip others:
+ *   1 after ".", 2 after "..", 3 + id after sub-folder id (ids < 2^31),
+ *   2^32 + uid after message uid; the root's ".mailfs" is 2^32. */
+
+static bool add_entry(fuse_req_t req, char *buf, size_t size, size_t *pos, bool plus,
+		      const char *name, fuse_ino_t ino, const struct stat *st,
+		      uint64_t gen, off_t next)
+{
+	size_t n;
+
+	if (plus) {
+		struct fuse_entry_param e;
+
+		fill_entry(&e, ino, st, gen);
+		if (ino == INO_STATUS)
+			e.attr_timeout = 0;
+		/* "." and "..": the kernel takes no lookup for ino 0. */
+		if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) {
+			memset(&e, 0, sizeof(e));
+			e.attr.st_ino = ino;
+			e.attr.st_mode = S_IFDIR;
+		}
+		n = fuse_add_direntry_plus(req, buf + *pos, size - *pos, name, &e, next);
+	} else {
+		n = fuse_add_direntry(req, buf + *pos, size - *pos, name, st, next);
+	}
+	if (n > size - *pos)
+		return false;
+	*pos += n;
+	return true;
+}
+
+static void do_readdir(struct mfs *m, fuse_req_t req, fuse_ino_t ino, size_t size,
+		       off_t off, bool plus)
+{
+	char *buf = malloc(size);
+	size_t pos = 0;
+	struct stat st;
+	int64_t folder;
+	uint64_t gen = 1;
+	bool full = false;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	if (ino == INO_CTL) {
+		static const struct { const char *name; fuse_ino_t ino; } ents[] = {
+			{ ".", INO_CTL }, { "..", INO_ROOT }, { "status", INO_STATUS }, { "sync", INO_SYNC },
+		};
+		for (off_t i = off; i < 4 && !full; i++) {
+			get_attr(m, ents[i].ino, &st, &gen);
+			full = !add_entry(req, buf, size, &pos, plus, ents[i].name,
+					  ents[i].ino, &st, gen, i + 1);
+		}
+		goto reply;
+	}
+	ino_folder(ino, &folder);
+	if (off < 1) {
+		attr_dir(m, ino, &st);
+		full = !add_entry(req, buf, size, &pos, plus, ".", ino, &st, 1, 1);
+		off = 1;
+	}
+	if (!full && off < 2) {
+		attr_dir(m, INO_ROOT, &st);
+		full = !add_entry(req, buf, size, &pos, plus, "..", INO_ROOT, &st, 1, 2);
+		off = 2;
+	}
+	while (!full && off >= 2 && off < MSG_COOKIE) {
+		struct cache_folder *fl;
+		size_t n;
+
+		if (cache_folder_children(m->cache, folder, off >= 3 ? off - 3 : 0, 64, &fl, &n) < 0 || n == 0) {
+			off = MSG_COOKIE - 1;
+			break;
+		}
+		for (size_t i = 0; i < n && !full; i++) {
+			attr_dir(m, folder_ino(fl[i].id), &st);
+			full = !add_entry(req, buf, size, &pos, plus, fl[i].name, folder_ino(fl[i].id),
+					  &st, 1, 3 + fl[i].id);
+			if (!full)
+				off = 3 + fl[i].id;
+		}
+		cache_folder_list_free(fl, n);
+	}
+	if (!full && off < MSG_COOKIE) {
+		if (folder == 0) {
+			get_attr(m, INO_CTL, &st, &gen);
+			full = !add_entry(req, buf, size, &pos, plus, CTL_NAME, INO_CTL, &st, 1,
+					  MSG_COOKIE);
+		}
+		if (!full)
+			off = MSG_COOKIE;
+	}
+	if (folder != 0 && !full) {
+		struct cache_folder f;
+
+		if (cache_folder_get(m->cache, folder, &f) == 0) {
+			gen = f.uidvalidity ? f.uidvalidity : 1;
+			cache_folder_clear(&f);
+		}
+	}
+	while (folder != 0 && !full && off >= MSG_COOKIE) {
+		struct cache_msg *msgs;
+		size_t n;
+
+		if (cache_msg_list(m->cache, folder, (uint32_t)(off - MSG_COOKIE), 256, &msgs, &n) < 0 ||
+		    n == 0)
+			break;
+		for (size_t i = 0; i < n && !full; i++) {
+			attr_msg(m, &msgs[i], &st);
+			full = !add_entry(req, buf, size, &pos, plus, msgs[i].name, st.st_ino, &st,
+					  gen, MSG_COOKIE + msgs[i].uid);
+			if (!full)
+				off = MSG_COOKIE + msgs[i].uid;
+		}
+		cache_msg_list_free(msgs, n);
+	}
+reply:
+	fuse_reply_buf(req, buf, pos);
+	free(buf);
+}
+
+static void readdir_ready(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+
+	(void)changed;
+	if (err != STORE_OK && err != STORE_ERR_OFFLINE)
+		fuse_reply_err(p->req, store_errno(err));
+	else
+		do_readdir(p->m, p->req, p->ino, p->size, p->off, p->plus);
+	free(p);
+}
+
+static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   bool plus)
+{
+	struct mfs *m = mfs_of(req);
+	int64_t folder = 0;
+
+	if (ino != INO_CTL && !ino_folder(ino, &folder)) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	/* Messages are listed once the folder has been synced this session
+	 * (or comes from the cache when the server cannot be reached). */
+	if (ino == INO_CTL || folder == 0 || m->store->ops->folder_is_ready(m->store, folder)) {
+		do_readdir(m, req, ino, size, off, plus);
+		return;
+	}
+	struct parked *p = park(req, ino, NULL);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->folder_id = folder;
+	p->size = size;
+	p->off = off;
+	p->plus = plus;
+	m->store->ops->folder_ready(m->store, folder, readdir_ready, p);
+}
+
+static void mfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			struct fuse_file_info *fi)
+{
+	(void)fi;
+	readdir_common(req, ino, size, off, false);
+}
+
+static void mfs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			    struct fuse_file_info *fi)
+{
+	(void)fi;
+	readdir_common(req, ino, size, off, true);
+}
+
+/* ---- open / read / release ---- */
+
+static void reply_open_fd(struct parked *p, int fd, bool size_changed)
+{
+	p->fi.fh = (uint64_t)fd;
+	/* A body never changes for a UID: keep its pages across opens.  But
+	 * when the server's size was wrong, the kernel may hold the old
+	 * size until the notifier's invalidation lands: read around the
+	 * page cache this once, so nothing is cut or padded. */
+	p->fi.keep_cache = !size_changed;
+	p->fi.direct_io = size_changed;
+	if (fuse_reply_open(p->req, &p->fi) != 0)
+		close(fd);
+}
+
+static void open_fetched(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+	int fd;
+
+	if (err != STORE_OK) {
+		fuse_reply_err(p->req, store_errno(err));
+	} else if ((fd = cache_body_open(p->m->cache, p->folder_id, p->uid)) < 0) {
+		/* Evicted between store and open: rare; report as I/O. */
+		fuse_reply_err(p->req, EIO);
+	} else {
+		reply_open_fd(p, fd, changed);
+	}
+	free(p);
+}
+
+static void mfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct mfs *m = mfs_of(req);
+	int64_t folder;
+	uint32_t uid;
+	bool writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+
+	if (ino == INO_STATUS) {
+		size_t len = 0;
+		char *t;
+		struct text_fh *fh;
+
+		if (writing) {
+			fuse_reply_err(req, EACCES);
+			return;
+		}
+		t = status_text(m, &len);
+		fh = t ? malloc(sizeof(*fh) + len) : NULL;
+		if (!fh) {
+			free(t);
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		fh->len = len;
+		memcpy(fh->data, t, len);
+		free(t);
+		fi->fh = (uint64_t)(uintptr_t)fh;
+		fi->direct_io = 1;
+		if (fuse_reply_open(req, fi) != 0)
+			free(fh);
+		return;
+	}
+	if (ino == INO_SYNC) {
+		fi->fh = 0;
+		fi->direct_io = 1;
+		fuse_reply_open(req, fi);
+		return;
+	}
+	if (!ino_msg(ino, &folder, &uid)) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if (writing) {
+		/* Messages are immutable. */
+		fuse_reply_err(req, m->ro ? EROFS : EACCES);
+		return;
+	}
+	int fd = cache_body_open(m->cache, folder, uid);
+	struct parked *p = park(req, ino, NULL);
+
+	if (!p) {
+		if (fd >= 0)
+			close(fd);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->fi = *fi;
+	p->folder_id = folder;
+	p->uid = uid;
+	if (fd >= 0) {
+		reply_open_fd(p, fd, false);
+		free(p);
+		return;
+	}
+	m->store->ops->fetch_body(m->store, folder, uid, open_fetched, p);
+}
+
+static void mfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	if (ino == INO_STATUS) {
+		struct text_fh *fh = (struct text_fh *)(uintptr_t)fi->fh;
+
+		if ((size_t)off >= fh->len)
+			fuse_reply_buf(req, NULL, 0);
+		else
+			fuse_reply_buf(req, fh->data + off,
+				       fh->len - (size_t)off < size ? fh->len - (size_t)off : size);
+		return;
+	}
+	if (ino == INO_SYNC) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	/* Cached bodies are plain files: hand libfuse the fd, it splices. */
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+
+	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	bv.buf[0].fd = (int)fi->fh;
+	bv.buf[0].pos = off;
+	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void mfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+		      off_t off, struct fuse_file_info *fi)
+{
+	struct mfs *m = mfs_of(req);
+
+	(void)buf;
+	(void)off;
+	(void)fi;
+	if (ino == INO_SYNC) {
+		m->store->ops->sync_now(m->store);
+		fuse_reply_write(req, size);
+		return;
+	}
+	fuse_reply_err(req, m->ro ? EROFS : EACCES);
+}
+
+static void mfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (ino == INO_STATUS)
+		free((struct text_fh *)(uintptr_t)fi->fh);
+	else if (ino != INO_SYNC)
+		close((int)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+/* ---- xattrs ---- */
+
+static const char *const xattr_names[] = {
+	"user.mail.flags", "user.mail.uid", "user.mail.message_id", "user.mime_type",
+};
+
+static void reply_xattr_value(fuse_req_t req, const char *value, size_t len, size_t size)
+{
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+}
+
+static void mfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_msg msg;
+	int64_t folder;
+	uint32_t uid;
+	char num[16];
+
+	if (!ino_msg(ino, &folder, &uid) || strncmp(name, "user.", 5) != 0) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	if (cache_msg_get(m->cache, folder, uid, &msg) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!strcmp(name, "user.mail.flags")) {
+		reply_xattr_value(req, msg.flags, strlen(msg.flags), size);
+	} else if (!strcmp(name, "user.mail.uid")) {
+		int n = snprintf(num, sizeof(num), "%u", uid);
+
+		reply_xattr_value(req, num, (size_t)n, size);
+	} else if (!strcmp(name, "user.mail.message_id") && msg.message_id) {
+		reply_xattr_value(req, msg.message_id, strlen(msg.message_id), size);
+	} else if (!strcmp(name, "user.mime_type")) {
+		reply_xattr_value(req, "message/rfc822", 14, size);
+	} else {
+		fuse_reply_err(req, ENODATA);
+	}
+	cache_msg_clear(&msg);
+}
+
+static void mfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_msg msg;
+	int64_t folder;
+	uint32_t uid;
+	char list[128];
+	size_t len = 0;
+
+	if (ino_msg(ino, &folder, &uid)) {
+		if (cache_msg_get(m->cache, folder, uid, &msg) < 0) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		for (size_t i = 0; i < sizeof(xattr_names) / sizeof(xattr_names[0]); i++) {
+			if (i == 2 && !msg.message_id)
+				continue;
+			memcpy(list + len, xattr_names[i], strlen(xattr_names[i]) + 1);
+			len += strlen(xattr_names[i]) + 1;
+		}
+		cache_msg_clear(&msg);
+	}
+	reply_xattr_value(req, list, len, size);
+}
+
+static void mfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			 const char *value, size_t size, int flags)
+{
+	(void)ino;
+	(void)name;
+	(void)value;
+	(void)size;
+	(void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
+static void mfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	(void)ino;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+/* ---- changes: read-only in this version ---- */
+
+static void mfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+			struct fuse_file_info *fi)
+{
+	struct mfs *m = mfs_of(req);
+	struct stat st;
+	uint64_t gen;
+
+	(void)attr;
+	(void)fi;
+	/* `echo > .mailfs/sync` truncates: harmless. */
+	if (ino == INO_SYNC && to_set == FUSE_SET_ATTR_SIZE) {
+		get_attr(m, ino, &st, &gen);
+		fuse_reply_attr(req, &st, TIMEOUT);
+		return;
+	}
+	fuse_reply_err(req, EROFS);
+}
+
+static void mfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	fuse_reply_err(req, EROFS);
+}
+
+static void mfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void mfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	(void)parent;
+	(void)name;
+	(void)newparent;
+	(void)newname;
+	(void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
+static void mfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		       struct fuse_file_info *fi)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void mfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      dev_t rdev)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)rdev;
+	fuse_reply_err(req, EROFS);
+}
+
+static void mfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	(void)link;
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void mfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	(void)ino;
+	(void)newparent;
+	(void)newname;
+	fuse_reply_err(req, EROFS);
+}
+
+/* ---- the rest ---- */
+
+static void mfs_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct mfs *m = mfs_of(req);
+	struct statvfs sv;
+	uint64_t used = cache_bytes(m->cache);
+	uint64_t total = m->cache_limit > used ? m->cache_limit : used;
+
+	(void)ino;
+	memset(&sv, 0, sizeof(sv));
+	sv.f_bsize = 4096;
+	sv.f_frsize = 4096;
+	sv.f_blocks = total / 4096;
+	sv.f_bfree = sv.f_bavail = (total - used) / 4096;
+	sv.f_files = 1u << 20;
+	sv.f_ffree = sv.f_favail = 1u << 19;
+	sv.f_namemax = 255;
+	fuse_reply_statfs(req, &sv);
+}
+
+static void mfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	/* Inode numbers are derived: nothing is kept per inode. */
+	(void)ino;
+	(void)nlookup;
+	fuse_reply_none(req);
+}
+
+static void mfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	(void)count;
+	(void)forgets;
+	fuse_reply_none(req);
+}
+
+static void mfs_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* Bodies are plain files: let the kernel take pages by splice. */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+		conn->want |= FUSE_CAP_SPLICE_MOVE;
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = mfs_init,
+	.lookup = mfs_lookup,
+	.forget = mfs_forget,
+	.forget_multi = mfs_forget_multi,
+	.getattr = mfs_getattr,
+	.setattr = mfs_setattr,
+	.mknod = mfs_mknod,
+	.mkdir = mfs_mkdir,
+	.unlink = mfs_unlink,
+	.rmdir = mfs_unlink,
+	.symlink = mfs_symlink,
+	.rename = mfs_rename,
+	.link = mfs_link,
+	.open = mfs_open,
+	.read = mfs_read,
+	.write = mfs_write,
+	.release = mfs_release,
+	.readdir = mfs_readdir,
+	.readdirplus = mfs_readdirplus,
+	.statfs = mfs_statfs,
+	.setxattr = mfs_setxattr,
+	.getxattr = mfs_getxattr,
+	.listxattr = mfs_listxattr,
+	.removexattr = mfs_removexattr,
+	.create = mfs_create,
+};
+
+const struct fuse_lowlevel_ops *mfs_ops(void)
+{
+	return &ops;
+}
+
+struct mfs *mfs_new(const struct mfs_opts *o)
+{
+	struct mfs *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return NULL;
+	m->cache = o->cache;
+	m->store = o->store;
+	m->ro = o->ro;
+	m->cache_limit = o->cache_limit;
+	m->uid = getuid();
+	m->gid = getgid();
+	m->started = time(NULL);
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->cond, NULL);
+	return m;
+}
+
+int mfs_start(struct mfs *m, struct fuse_session *se)
+{
+	struct store_events ev = {
+		.ctx = m,
+		.entry_changed = ev_entry_changed,
+		.message_changed = ev_message_changed,
+	};
+
+	m->se = se;
+	if (pthread_create(&m->notifier, NULL, notifier_main, m) != 0)
+		return -EAGAIN;
+	m->notifier_running = true;
+	return m->store->ops->start(m->store, &ev);
+}
+
+void mfs_destroy(struct mfs **mp)
+{
+	struct mfs *m = *mp;
+
+	if (!m)
+		return;
+	pthread_mutex_lock(&m->lock);
+	m->stopping = true;
+	pthread_cond_signal(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	if (m->notifier_running)
+		pthread_join(m->notifier, NULL);
+	while (m->notes) {
+		struct note *n = m->notes;
+
+		m->notes = n->next;
+		free(n->name);
+		free(n);
+	}
+	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->cond);
+	free(m);
+	*mp = NULL;
+}

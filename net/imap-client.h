@@ -1,0 +1,115 @@
+/* imap-client.h: one authenticated IMAP session over one connection.
+ *
+ * Opens the connection (implicit TLS, or STARTTLS which is then required),
+ * reads the greeting, learns the capabilities, authenticates (AUTHENTICATE
+ * PLAIN with SASL-IR where offered, else LOGIN), and then runs commands.
+ * Commands are pipelined: imap_client_send() writes a command and returns
+ * its tag at once; imap_client_wait() reads responses, handing untagged ones
+ * to a callback, until that tag completes.  Send many, then wait for each
+ * in order.
+ *
+ * A client is owned by one thread at a time.  With -d every line is traced
+ * (LOGIN and AUTHENTICATE arguments redacted, literal contents elided). */
+#ifndef MAILFS_IMAP_CLIENT_H
+#define MAILFS_IMAP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "imap-parser.h"
+#include "url.h"
+
+#define IMAP_CAP_LITERALPLUS   (1u << 0)
+#define IMAP_CAP_SASL_IR       (1u << 1)
+#define IMAP_CAP_AUTH_PLAIN    (1u << 2)
+#define IMAP_CAP_LOGINDISABLED (1u << 3)
+#define IMAP_CAP_STARTTLS      (1u << 4)
+#define IMAP_CAP_UIDPLUS       (1u << 5)
+#define IMAP_CAP_MOVE          (1u << 6)
+#define IMAP_CAP_CONDSTORE     (1u << 7)
+#define IMAP_CAP_QRESYNC       (1u << 8)
+#define IMAP_CAP_IDLE          (1u << 9)
+#define IMAP_CAP_SPECIAL_USE   (1u << 10)
+#define IMAP_CAP_ENABLE        (1u << 11)
+#define IMAP_CAP_ESEARCH       (1u << 12)
+#define IMAP_CAP_LITERALMINUS  (1u << 13)
+#define IMAP_CAP_IMAP4REV1     (1u << 14)
+
+struct imap_client_opts {
+	const struct url *url;
+	const char *password;
+	const char *cafile;
+	bool insecure;
+	int io_timeout_ms;     /* 0: 60 s */
+	const char *trace_name; /* "imap", "imap2", ... for -d traces */
+};
+
+/* Result of a command. */
+enum imap_result {
+	IMAP_RESULT_OK = 0,
+	IMAP_RESULT_NO = 1,
+	IMAP_RESULT_BAD = 2,
+};
+
+struct imap_client;
+
+/* Connect and authenticate.  0, or -1 with *error_r: one line for the user
+ * (connection and TLS errors come from conn.h; "login to HOST refused:
+ * <server text>", "HOST does not offer STARTTLS; refusing to send the
+ * password in plaintext (use imaps:// or -o insecure)", ...).  The message
+ * lives until the next call in this thread.  *auth_failed_r (may be NULL)
+ * tells an authentication refusal from other failures. */
+int imap_client_open(struct imap_client **client_r,
+		     const struct imap_client_opts *opts, bool *auth_failed_r,
+		     const char **error_r);
+
+/* LOGOUT (best effort, short timeout), close and free; NULL-safe. */
+void imap_client_close(struct imap_client **client);
+
+unsigned imap_client_caps(const struct imap_client *client);
+
+/* ENABLE the extensions given (e.g. "QRESYNC") if the server has ENABLE;
+ * returns 0 or a negative errno on connection failure. */
+int imap_client_enable(struct imap_client *client, const char *exts);
+
+/* Untagged responses while waiting.  The response is valid only during
+ * the call. */
+typedef void imap_untagged_fn(void *ctx, const struct imap_response *resp);
+
+/* Write one command: "TAG " + the formatted text + CRLF.  Use %s only with
+ * atoms or strings made by imap_quote().  Returns the tag number (> 0), or a
+ * negative errno when the connection failed. */
+int imap_client_send(struct imap_client *client, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Read until command `tag` completes, passing untagged responses (and the
+ * completions of earlier tags, which must not exist: wait in order) to cb
+ * (may be NULL).  Returns an imap_result (>= 0) or a negative errno when
+ * the connection failed (-ETIMEDOUT, -ECONNRESET, -EPROTO for a protocol
+ * violation, ...).  After a result other than OK, imap_client_text() is the
+ * server's text; after a failure, imap_client_error() says what broke. */
+int imap_client_wait(struct imap_client *client, int tag,
+		     imap_untagged_fn *cb, void *ctx);
+
+/* Send and wait in one go. */
+int imap_client_run(struct imap_client *client, imap_untagged_fn *cb,
+		    void *ctx, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* The free text of the last tagged completion ("" if none). */
+const char *imap_client_text(const struct imap_client *client);
+/* The response code atom of the last tagged completion, e.g.
+ * "OVERQUOTA", "NONEXISTENT", "TRYCREATE" ("" if none); and its code
+ * arguments (for COPYUID / APPENDUID). */
+const char *imap_client_code(const struct imap_client *client);
+/* What broke the connection, for logs ("" if nothing). */
+const char *imap_client_error(const struct imap_client *client);
+/* Is the connection still usable? */
+bool imap_client_alive(const struct imap_client *client);
+
+/* A new string with s as an IMAP quoted string ("..." with \ escapes), or
+ * NULL when s has CR, LF or NUL (callers then must use a literal). */
+char *imap_quote(const char *s);
+
+#endif
