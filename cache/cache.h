@@ -92,6 +92,11 @@ int cache_folder_delete(struct cache *cache, int64_t id);
 /* Drop its messages and bodies, keep the folder (UIDVALIDITY change);
  * resets uidvalidity/uidnext/highestmodseq/last_sync to 0. */
 int cache_folder_reset(struct cache *cache, int64_t id);
+/* mv DIR: give folder id a new parent, name and server name; the server
+ * names of its descendants (which start with the old one and delim) get
+ * the new prefix.  -EEXIST when (parent_id, name) is taken. */
+int cache_folder_rename(struct cache *cache, int64_t id, int64_t parent_id,
+			const char *name, const char *server_name, char delim);
 void cache_folder_clear(struct cache_folder *f);
 void cache_folder_list_free(struct cache_folder *folders, size_t count);
 
@@ -144,6 +149,11 @@ int cache_body_open(struct cache *cache, int64_t folder_id, uint32_t uid);
  * (-ENOENT otherwise). */
 int cache_body_store(struct cache *cache, int64_t folder_id, uint32_t uid,
 		     const void *data, size_t len);
+/* The same without any fsync: for bodies the server still holds (IMAP
+ * read cache), where a crash may lose the file but never serves a wrong
+ * one (cache_body_open checks the size). */
+int cache_body_store_volatile(struct cache *cache, int64_t folder_id,
+			      uint32_t uid, const void *data, size_t len);
 /* Bytes of all cached bodies. */
 uint64_t cache_bytes(struct cache *cache);
 
@@ -151,5 +161,30 @@ uint64_t cache_bytes(struct cache *cache);
  * are kept elsewhere; this is for counters and markers ---- */
 int cache_kv_get(struct cache *cache, const char *key, char **value_r);
 int cache_kv_set(struct cache *cache, const char *key, const char *value);
+
+/* ---- batches ----
+ * Make the calls up to the matching cache_commit() one transaction: a
+ * burst of writes (a folder's first sync) is ~10x faster.  Nests (only the
+ * outermost pair commits).  The calling thread holds the cache from
+ * cache_begin() to cache_commit(); other threads wait, so keep batches
+ * short (hundreds of puts).  cache_commit() returns -EIO if the commit
+ * failed and the whole batch was rolled back, -EINVAL without a
+ * cache_begin(). */
+int cache_begin(struct cache *cache);
+int cache_commit(struct cache *cache);
+
+/* ---- moving messages ---- */
+
+/* Move message (folder_id, uid) with its body, if cached, to
+ * (to_folder_id, to_uid) under name (NULL: the name it has).  Flags,
+ * size, mtime, message_id, pinned and the cached state go with it.  When
+ * it returns 0 the move is durable (the body file is in the destination's
+ * directory, that directory and the index are synced): the POP3 fetcher
+ * relies on it before DELE.  A crash at any point leaves the message
+ * either wholly at its old place or wholly at its new one.  -ENOENT when
+ * the message or the destination folder does not exist, -EEXIST when
+ * to_uid or name is taken in the destination. */
+int cache_msg_move(struct cache *cache, int64_t folder_id, uint32_t uid,
+		   int64_t to_folder_id, uint32_t to_uid, const char *name);
 
 #endif

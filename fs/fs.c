@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,13 +52,9 @@ struct mfs {
 	pthread_cond_t cond;
 	struct note *notes, *notes_tail; /* lock */
 	bool stopping;                   /* lock */
-};
-
-/* Status file contents, made at open so that every read of one open file
- * sees one consistent text. */
-struct text_fh {
-	size_t len;
-	char data[];
+	struct new_fh *news;             /* lock: files being created */
+	unsigned new_ino;                /* atomic */
+	char *tmp_dir;
 };
 
 static struct mfs *mfs_of(fuse_req_t req)
@@ -246,6 +243,10 @@ static char *status_text(struct mfs *m, size_t *len_r)
 	return text;
 }
 
+static bool new_attr_by_ino(struct mfs *m, fuse_ino_t ino, struct stat *st);
+static bool new_entry_by_name(struct mfs *m, int64_t folder, const char *name,
+			      struct fuse_entry_param *e);
+
 /* Attributes of any inode: 0 or an errno. */
 static int get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *generation_r)
 {
@@ -269,6 +270,8 @@ static int get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *ge
 		attr_file(m, ino, 0, m->started, 0200, st);
 		return 0;
 	}
+	if (ino < (fuse_ino_t)1 << 32)
+		return new_attr_by_ino(m, ino, st) ? 0 : ENOENT;
 	if (ino_folder(ino, &folder)) {
 		struct cache_folder f;
 
@@ -357,6 +360,10 @@ static void lookup_in_folder(struct mfs *m, fuse_req_t req, int64_t folder, cons
 	struct fuse_entry_param e;
 	uint64_t gen = 1;
 
+	if (folder != 0 && new_entry_by_name(m, folder, name, &e)) {
+		fuse_reply_entry(req, &e);
+		return;
+	}
 	if (cache_folder_lookup(m->cache, folder, name, &f) == 0) {
 		attr_dir(m, folder_ino(f.id), &st);
 		fill_entry(&e, folder_ino(f.id), &st, 1);
@@ -436,10 +443,9 @@ static void mfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	 * LIST already. */
 	if (name[0] == '.' || folder == 0 || !is_message_name(name) ||
 	    m->store->ops->folder_is_ready(m->store, folder)) {
-		if (name[0] == '.')
-			reply_negative(req);
-		else
-			lookup_in_folder(m, req, folder, name);
+		/* Dot names exist only when a tool created them here
+		 * (rsync's temporary files): never wait for those. */
+		lookup_in_folder(m, req, folder, name);
 		return;
 	}
 	struct parked *p = park(req, parent, name);
@@ -506,7 +512,7 @@ static void do_readdir(struct mfs *m, fuse_req_t req, fuse_ino_t ino, size_t siz
 	char *buf = malloc(size);
 	size_t pos = 0;
 	struct stat st;
-	int64_t folder;
+	int64_t folder = 0;
 	uint64_t gen = 1;
 	bool full = false;
 
@@ -645,19 +651,157 @@ static void mfs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t o
 	readdir_common(req, ino, size, off, true);
 }
 
-/* ---- open / read / release ---- */
+/* ---- open files ----
+ * Every fh starts with its kind.  Bodies are fds on cached files; new
+ * files (cp into a folder) are anonymous temp files in the cache dir that
+ * become an APPEND when closed; the status file is a text made at open. */
+
+enum fh_kind { FH_TEXT, FH_BODY, FH_NEW, FH_SYNC };
+
+struct fh {
+	enum fh_kind kind;
+};
+
+struct text_fh {
+	struct fh h;
+	size_t len;
+	char data[];
+};
+
+struct body_fh {
+	struct fh h;
+	int fd;
+	off_t size;
+	bool eof; /* the reader reached the end (read-once backends) */
+	int64_t folder_id;
+	uint32_t uid;
+};
+
+/* A file being created.  Listed in mfs->news (under mfs->lock) so that
+ * lookup and getattr see it while it is written. */
+struct new_fh {
+	struct fh h;
+	int fd;
+	fuse_ino_t ino;
+	int64_t folder_id;
+	int64_t mtime;     /* set by utimens (cp -p, rsync); 0: none */
+	bool appended;     /* APPEND confirmed: the message now exists */
+	bool written;      /* data since the last APPEND attempt */
+	int err;           /* errno of a failed APPEND, reported once */
+	struct new_fh *next;
+	char name[];
+};
+
+static struct fh *fh_of(const struct fuse_file_info *fi)
+{
+	return (struct fh *)(uintptr_t)fi->fh;
+}
+
+/* Pending new files get inode numbers below 2^32 that no message uses. */
+static fuse_ino_t next_new_ino(struct mfs *m)
+{
+	return 1000 + __atomic_fetch_add(&m->new_ino, 1, __ATOMIC_RELAXED) % 0x7fff0000u;
+}
+
+static struct new_fh *new_find_ino(struct mfs *m, fuse_ino_t ino)
+{
+	for (struct new_fh *n = m->news; n; n = n->next)
+		if (n->ino == ino)
+			return n;
+	return NULL;
+}
+
+static struct new_fh *new_find_name(struct mfs *m, int64_t folder, const char *name)
+{
+	for (struct new_fh *n = m->news; n; n = n->next)
+		if (n->folder_id == folder && !strcmp(n->name, name))
+			return n;
+	return NULL;
+}
+
+static void new_attr(struct mfs *m, struct new_fh *n, struct stat *st)
+{
+	struct stat fst;
+
+	if (fstat(n->fd, &fst) < 0)
+		fst.st_size = 0;
+	attr_file(m, n->ino, (uint64_t)fst.st_size, n->mtime ? (time_t)n->mtime : time(NULL),
+		  0600, st);
+}
+
+static bool new_attr_by_ino(struct mfs *m, fuse_ino_t ino, struct stat *st)
+{
+	struct new_fh *n;
+
+	pthread_mutex_lock(&m->lock);
+	n = new_find_ino(m, ino);
+	if (n)
+		new_attr(m, n, st);
+	pthread_mutex_unlock(&m->lock);
+	return n != NULL;
+}
+
+static bool new_entry_by_name(struct mfs *m, int64_t folder, const char *name,
+			      struct fuse_entry_param *e)
+{
+	struct new_fh *n;
+
+	pthread_mutex_lock(&m->lock);
+	n = new_find_name(m, folder, name);
+	if (n) {
+		memset(e, 0, sizeof(*e));
+		new_attr(m, n, &e->attr);
+		e->ino = n->ino;
+		e->generation = 1;
+		/* Not cached: once written it becomes a message with
+		 * another inode. */
+		e->attr_timeout = 0;
+		e->entry_timeout = 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return n != NULL;
+}
+
+static bool ro_or(struct mfs *m, fuse_req_t req, bool supported)
+{
+	if (m->ro || !supported) {
+		fuse_reply_err(req, m->ro ? EROFS : EPERM);
+		return true;
+	}
+	return false;
+}
 
 static void reply_open_fd(struct parked *p, int fd, bool size_changed)
 {
-	p->fi.fh = (uint64_t)fd;
+	struct body_fh *fh = malloc(sizeof(*fh));
+	struct stat st;
+	bool read_once = p->m->store->caps & STORE_CAP_READ_ONCE;
+
+	if (!fh || fstat(fd, &st) < 0) {
+		free(fh);
+		close(fd);
+		fuse_reply_err(p->req, fh ? EIO : ENOMEM);
+		return;
+	}
+	fh->h.kind = FH_BODY;
+	fh->fd = fd;
+	fh->size = st.st_size;
+	fh->eof = false;
+	fh->folder_id = p->folder_id;
+	fh->uid = p->uid;
+	p->fi.fh = (uint64_t)(uintptr_t)fh;
 	/* A body never changes for a UID: keep its pages across opens.  But
 	 * when the server's size was wrong, the kernel may hold the old
 	 * size until the notifier's invalidation lands: read around the
-	 * page cache this once, so nothing is cut or padded. */
-	p->fi.keep_cache = !size_changed;
-	p->fi.direct_io = size_changed;
-	if (fuse_reply_open(p->req, &p->fi) != 0)
+	 * page cache this once, so nothing is cut or padded.  A read-once
+	 * backend must see the reader reach EOF, which the page cache would
+	 * hide. */
+	p->fi.keep_cache = !size_changed && !read_once;
+	p->fi.direct_io = size_changed || read_once;
+	if (fuse_reply_open(p->req, &p->fi) != 0) {
 		close(fd);
+		free(fh);
+	}
 }
 
 static void open_fetched(void *ctx, enum store_error err, bool changed)
@@ -676,6 +820,27 @@ static void open_fetched(void *ctx, enum store_error err, bool changed)
 	free(p);
 }
 
+static void open_text(fuse_req_t req, struct fuse_file_info *fi, char *t, size_t len)
+{
+	struct text_fh *fh = t ? malloc(sizeof(*fh) + len) : NULL;
+
+	if (!fh) {
+		free(t);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fh->h.kind = FH_TEXT;
+	fh->len = len;
+	memcpy(fh->data, t, len);
+	free(t);
+	fi->fh = (uint64_t)(uintptr_t)fh;
+	fi->direct_io = 1;
+	if (fuse_reply_open(req, fi) != 0)
+		free(fh);
+}
+
+static struct fh sync_fh = { FH_SYNC };
+
 static void mfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct mfs *m = mfs_of(req);
@@ -686,36 +851,24 @@ static void mfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (ino == INO_STATUS) {
 		size_t len = 0;
 		char *t;
-		struct text_fh *fh;
 
 		if (writing) {
 			fuse_reply_err(req, EACCES);
 			return;
 		}
 		t = status_text(m, &len);
-		fh = t ? malloc(sizeof(*fh) + len) : NULL;
-		if (!fh) {
-			free(t);
-			fuse_reply_err(req, ENOMEM);
-			return;
-		}
-		fh->len = len;
-		memcpy(fh->data, t, len);
-		free(t);
-		fi->fh = (uint64_t)(uintptr_t)fh;
-		fi->direct_io = 1;
-		if (fuse_reply_open(req, fi) != 0)
-			free(fh);
+		open_text(req, fi, t, len);
 		return;
 	}
 	if (ino == INO_SYNC) {
-		fi->fh = 0;
+		fi->fh = (uint64_t)(uintptr_t)&sync_fh;
 		fi->direct_io = 1;
 		fuse_reply_open(req, fi);
 		return;
 	}
 	if (!ino_msg(ino, &folder, &uid)) {
-		fuse_reply_err(req, EISDIR);
+		/* A file still being created, opened again: not supported. */
+		fuse_reply_err(req, ino_folder(ino, &folder) ? EISDIR : EACCES);
 		return;
 	}
 	if (writing) {
@@ -746,25 +899,46 @@ static void mfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void mfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
-	if (ino == INO_STATUS) {
-		struct text_fh *fh = (struct text_fh *)(uintptr_t)fi->fh;
+	struct fh *h = fh_of(fi);
 
-		if ((size_t)off >= fh->len)
+	(void)ino;
+	switch (h->kind) {
+	case FH_TEXT: {
+		struct text_fh *t = (struct text_fh *)h;
+
+		if ((size_t)off >= t->len)
 			fuse_reply_buf(req, NULL, 0);
 		else
-			fuse_reply_buf(req, fh->data + off,
-				       fh->len - (size_t)off < size ? fh->len - (size_t)off : size);
+			fuse_reply_buf(req, t->data + off,
+				       t->len - (size_t)off < size ? t->len - (size_t)off : size);
 		return;
 	}
-	if (ino == INO_SYNC) {
+	case FH_SYNC:
 		fuse_reply_buf(req, NULL, 0);
 		return;
+	case FH_NEW: {
+		char *buf = malloc(size ? size : 1);
+		ssize_t n = buf ? pread(((struct new_fh *)h)->fd, buf, size, off) : -1;
+
+		if (n < 0)
+			fuse_reply_err(req, buf ? errno : ENOMEM);
+		else
+			fuse_reply_buf(req, buf, (size_t)n);
+		free(buf);
+		return;
 	}
+	case FH_BODY:
+		break;
+	}
+	struct body_fh *b = (struct body_fh *)h;
+
+	if (off + (off_t)size >= b->size)
+		b->eof = true;
 	/* Cached bodies are plain files: hand libfuse the fd, it splices. */
 	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
 
 	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	bv.buf[0].fd = (int)fi->fh;
+	bv.buf[0].fd = b->fd;
 	bv.buf[0].pos = off;
 	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 }
@@ -773,25 +947,239 @@ static void mfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t si
 		      off_t off, struct fuse_file_info *fi)
 {
 	struct mfs *m = mfs_of(req);
+	struct fh *h = fh_of(fi);
 
-	(void)buf;
-	(void)off;
-	(void)fi;
-	if (ino == INO_SYNC) {
+	(void)ino;
+	if (h->kind == FH_SYNC) {
 		m->store->ops->sync_now(m->store);
 		fuse_reply_write(req, size);
 		return;
 	}
-	fuse_reply_err(req, m->ro ? EROFS : EACCES);
+	if (h->kind != FH_NEW) {
+		fuse_reply_err(req, m->ro ? EROFS : EACCES);
+		return;
+	}
+	struct new_fh *n = (struct new_fh *)h;
+	if (n->appended) {
+		/* The message exists on the server now: immutable. */
+		fuse_reply_err(req, EACCES);
+		return;
+	}
+	ssize_t w = pwrite(n->fd, buf, size, off);
+	if (w < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	n->written = true;
+	fuse_reply_write(req, (size_t)w);
+}
+
+/* Does the file start with a header section ("Name: value" lines)?  A
+ * From_ line (mbox) before it is accepted too. */
+static bool looks_like_message(int fd)
+{
+	char buf[1024];
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	char *p = buf, *colon;
+
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	if (!strncmp(p, "From ", 5)) {
+		p = strchr(p, '\n');
+		if (!p)
+			return false;
+		p++;
+	}
+	colon = strchr(p, ':');
+	if (!colon || colon == p)
+		return false;
+	for (char *q = p; q < colon; q++)
+		if ((unsigned char)*q <= ' ' || (unsigned char)*q >= 127)
+			return false;
+	return true;
+}
+
+struct append_ctx {
+	struct mfs *m;
+	fuse_req_t req; /* NULL when done from release: nobody to tell */
+	struct new_fh *n;
+};
+
+static void append_done(void *ctx, enum store_error err, bool changed)
+{
+	struct append_ctx *a = ctx;
+
+	(void)changed;
+	pthread_mutex_lock(&a->m->lock);
+	if (err == STORE_OK)
+		a->n->appended = true;
+	else
+		a->n->err = store_errno(err);
+	pthread_mutex_unlock(&a->m->lock);
+	if (err != STORE_OK)
+		log_warn("cannot store %s: %s", a->n->name, strerror(store_errno(err)));
+	if (a->req)
+		fuse_reply_err(a->req, store_errno(err));
+	free(a);
+}
+
+/* APPEND a finished new file; replies to req (if any) when done. */
+static void append_new(struct mfs *m, fuse_req_t req, struct new_fh *n)
+{
+	struct append_ctx *a;
+
+	n->written = false;
+	if (!looks_like_message(n->fd)) {
+		n->err = EINVAL;
+		if (req)
+			fuse_reply_err(req, EINVAL);
+		return;
+	}
+	a = malloc(sizeof(*a));
+	if (!a) {
+		if (req)
+			fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	a->m = m;
+	a->req = req;
+	a->n = n;
+	m->store->ops->append(m->store, n->folder_id, n->name, n->fd, n->mtime, append_done, a);
+}
+
+static void mfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct mfs *m = mfs_of(req);
+	struct fh *h = fh_of(fi);
+
+	(void)ino;
+	if (h->kind != FH_NEW) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	struct new_fh *n = (struct new_fh *)h;
+	/* close() returns what the server said: the APPEND happens here. */
+	if (!n->appended && (n->written || !n->err)) {
+		append_new(m, req, n);
+		return;
+	}
+	int err = n->err;
+	n->err = 0;
+	fuse_reply_err(req, err);
 }
 
 static void mfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	if (ino == INO_STATUS)
-		free((struct text_fh *)(uintptr_t)fi->fh);
-	else if (ino != INO_SYNC)
-		close((int)fi->fh);
+	struct mfs *m = mfs_of(req);
+	struct fh *h = fh_of(fi);
+
+	(void)ino;
+	switch (h->kind) {
+	case FH_TEXT:
+		free(h);
+		break;
+	case FH_SYNC:
+		break;
+	case FH_BODY: {
+		struct body_fh *b = (struct body_fh *)h;
+
+		if (b->eof && (m->store->caps & STORE_CAP_READ_ONCE) && m->store->ops->consume)
+			m->store->ops->consume(m->store, b->folder_id, b->uid);
+		close(b->fd);
+		free(b);
+		break;
+	}
+	case FH_NEW: {
+		struct new_fh *n = (struct new_fh *)h;
+
+		pthread_mutex_lock(&m->lock);
+		for (struct new_fh **pp = &m->news; *pp; pp = &(*pp)->next)
+			if (*pp == n) {
+				*pp = n->next;
+				break;
+			}
+		pthread_mutex_unlock(&m->lock);
+		/* The kernel still knows the temporary inode by this name:
+		 * make it look the name up again. */
+		note_push(m, folder_ino(n->folder_id), n->name, 0);
+		close(n->fd);
+		free(n);
+		break;
+	}
+	}
 	fuse_reply_err(req, 0);
+}
+
+static void mfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		       struct fuse_file_info *fi)
+{
+	struct mfs *m = mfs_of(req);
+	struct fuse_entry_param e;
+	struct cache_msg msg;
+	struct new_fh *n;
+	int64_t folder;
+
+	(void)mode;
+	if (!ino_folder(parent, &folder) || folder == 0 || parent == INO_CTL) {
+		fuse_reply_err(req, m->ro ? EROFS : EACCES);
+		return;
+	}
+	if (ro_or(m, req, m->store->ops->append != NULL))
+		return;
+	if (cache_msg_lookup(m->cache, folder, name, &msg) == 0) {
+		cache_msg_clear(&msg);
+		fuse_reply_err(req, (fi->flags & O_EXCL) ? EEXIST : EACCES);
+		return;
+	}
+	n = calloc(1, sizeof(*n) + strlen(name) + 1);
+	if (!n) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	n->fd = open(m->tmp_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (n->fd < 0) {
+		int err = errno;
+
+		log_error("cannot create a temporary file in %s: %s", m->tmp_dir, strerror(err));
+		free(n);
+		fuse_reply_err(req, err);
+		return;
+	}
+	n->h.kind = FH_NEW;
+	n->folder_id = folder;
+	n->ino = next_new_ino(m);
+	strcpy(n->name, name);
+	pthread_mutex_lock(&m->lock);
+	if (new_find_name(m, folder, name)) {
+		pthread_mutex_unlock(&m->lock);
+		close(n->fd);
+		free(n);
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	n->next = m->news;
+	m->news = n;
+	pthread_mutex_unlock(&m->lock);
+	memset(&e, 0, sizeof(e));
+	new_attr(m, n, &e.attr);
+	e.ino = n->ino;
+	e.generation = 1;
+	e.attr_timeout = 0;
+	e.entry_timeout = 0;
+	fi->fh = (uint64_t)(uintptr_t)n;
+	fi->direct_io = 1;
+	if (fuse_reply_create(req, &e, fi) != 0) {
+		pthread_mutex_lock(&m->lock);
+		for (struct new_fh **pp = &m->news; *pp; pp = &(*pp)->next)
+			if (*pp == n) {
+				*pp = n->next;
+				break;
+			}
+		pthread_mutex_unlock(&m->lock);
+		close(n->fd);
+		free(n);
+	}
 }
 
 /* ---- xattrs ---- */
@@ -826,13 +1214,14 @@ static void mfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	if (!strcmp(name, "user.mail.flags")) {
+	if (!strcmp(name, "user.mail.flags") && (m->store->caps & STORE_CAP_FLAGS)) {
 		reply_xattr_value(req, msg.flags, strlen(msg.flags), size);
-	} else if (!strcmp(name, "user.mail.uid")) {
+	} else if (!strcmp(name, "user.mail.uid") && (m->store->caps & STORE_CAP_FLAGS)) {
 		int n = snprintf(num, sizeof(num), "%u", uid);
 
 		reply_xattr_value(req, num, (size_t)n, size);
-	} else if (!strcmp(name, "user.mail.message_id") && msg.message_id) {
+	} else if (!strcmp(name, "user.mail.message_id") && msg.message_id &&
+		   (m->store->caps & STORE_CAP_FLAGS)) {
 		reply_xattr_value(req, msg.message_id, strlen(msg.message_id), size);
 	} else if (!strcmp(name, "user.mime_type")) {
 		reply_xattr_value(req, "message/rfc822", 14, size);
@@ -857,6 +1246,8 @@ static void mfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 			return;
 		}
 		for (size_t i = 0; i < sizeof(xattr_names) / sizeof(xattr_names[0]); i++) {
+			if (i < 3 && !(m->store->caps & STORE_CAP_FLAGS))
+				continue;
 			if (i == 2 && !msg.message_id)
 				continue;
 			memcpy(list + len, xattr_names[i], strlen(xattr_names[i]) + 1);
@@ -867,25 +1258,80 @@ static void mfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	reply_xattr_value(req, list, len, size);
 }
 
+static void done_reply_err(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+
+	(void)changed;
+	fuse_reply_err(p->req, store_errno(err));
+	free(p);
+}
+
 static void mfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			 const char *value, size_t size, int flags)
 {
-	(void)ino;
-	(void)name;
-	(void)value;
-	(void)size;
-	(void)flags;
-	fuse_reply_err(req, EROFS);
+	struct mfs *m = mfs_of(req);
+	int64_t folder;
+	uint32_t uid;
+
+	if (!ino_msg(ino, &folder, &uid) || strncmp(name, "user.", 5) != 0) {
+		fuse_reply_err(req, m->ro ? EROFS : ENOTSUP);
+		return;
+	}
+	if (strcmp(name, "user.mail.flags") != 0) {
+		/* uid, message_id and mime_type are facts, not settings. */
+		fuse_reply_err(req, m->ro ? EROFS : EACCES);
+		return;
+	}
+	if (ro_or(m, req, m->store->ops->set_flags != NULL))
+		return;
+	if (flags & XATTR_CREATE) {
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	struct parked *p = park(req, ino, NULL);
+	char *v = malloc(size + 1);
+	if (!p || !v) {
+		free(p);
+		free(v);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	memcpy(v, value, size);
+	v[size] = '\0';
+	/* Flags are atoms separated by spaces; anything else is refused
+	 * here rather than by the server. */
+	for (char *q = v; *q; q++) {
+		if (*q == '\n' || *q == '\t' || *q == ',')
+			*q = ' ';
+		else if ((unsigned char)*q < ' ' || *q == '(' || *q == ')' || *q == '"' ||
+			 *q == '{' || (unsigned char)*q >= 127) {
+			free(v);
+			free(p);
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+	}
+	m->store->ops->set_flags(m->store, folder, uid, v, done_reply_err, p);
+	free(v);
 }
 
 static void mfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	(void)ino;
-	(void)name;
-	fuse_reply_err(req, EROFS);
+	struct mfs *m = mfs_of(req);
+
+	int64_t folder;
+	uint32_t uid;
+
+	if (ino_msg(ino, &folder, &uid) && !strcmp(name, "user.mail.flags")) {
+		/* Removing the flags attribute clears every flag. */
+		mfs_setxattr(req, ino, name, "", 0, 0);
+		return;
+	}
+	fuse_reply_err(req, m->ro ? EROFS : strncmp(name, "user.", 5) ? ENOTSUP : EACCES);
 }
 
-/* ---- changes: read-only in this version ---- */
+/* ---- changes ---- */
 
 static void mfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 			struct fuse_file_info *fi)
@@ -893,52 +1339,276 @@ static void mfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	struct mfs *m = mfs_of(req);
 	struct stat st;
 	uint64_t gen;
+	struct new_fh *n;
 
-	(void)attr;
-	(void)fi;
 	/* `echo > .mailfs/sync` truncates: harmless. */
-	if (ino == INO_SYNC && to_set == FUSE_SET_ATTR_SIZE) {
+	if (ino == INO_SYNC) {
 		get_attr(m, ino, &st, &gen);
 		fuse_reply_attr(req, &st, TIMEOUT);
 		return;
 	}
-	fuse_reply_err(req, EROFS);
+	pthread_mutex_lock(&m->lock);
+	n = fi && fh_of(fi)->kind == FH_NEW ? (struct new_fh *)fh_of(fi) : new_find_ino(m, ino);
+	if (n) {
+		int err = 0;
+
+		if ((to_set & FUSE_SET_ATTR_SIZE) && !n->appended &&
+		    ftruncate(n->fd, attr->st_size) < 0)
+			err = errno;
+		else if ((to_set & FUSE_SET_ATTR_SIZE) && n->appended)
+			err = EACCES;
+		if (to_set & FUSE_SET_ATTR_MTIME)
+			n->mtime = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? time(NULL) : attr->st_mtime;
+		if (!err)
+			new_attr(m, n, &st);
+		pthread_mutex_unlock(&m->lock);
+		if (err)
+			fuse_reply_err(req, err);
+		else
+			fuse_reply_attr(req, &st, 0);
+		return;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (m->ro) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (get_attr(m, ino, &st, &gen) != 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	/* Messages are immutable; times and modes are the server's.  Tools
+	 * that copy attributes (cp -p, rsync -a) set them anyway: accept a
+	 * no-op for times and modes, refuse a change of content. */
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		fuse_reply_err(req, S_ISDIR(st.st_mode) ? EISDIR : EACCES);
+		return;
+	}
+	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		if (((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != st.st_uid) ||
+		    ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != st.st_gid)) {
+			fuse_reply_err(req, EPERM);
+			return;
+		}
+	}
+	fuse_reply_attr(req, &st, TIMEOUT);
+}
+
+static void entry_ready_folder(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+	struct cache_folder f;
+	struct fuse_entry_param e;
+	struct stat st;
+
+	(void)changed;
+	if (err != STORE_OK) {
+		fuse_reply_err(p->req, store_errno(err));
+	} else if (cache_folder_lookup(p->m->cache, p->folder_id, p->name, &f) < 0) {
+		fuse_reply_err(p->req, EIO);
+	} else {
+		attr_dir(p->m, folder_ino(f.id), &st);
+		fill_entry(&e, folder_ino(f.id), &st, 1);
+		cache_folder_clear(&f);
+		fuse_reply_entry(p->req, &e);
+	}
+	free(p);
 }
 
 static void mfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
-	(void)parent;
-	(void)name;
+	struct mfs *m = mfs_of(req);
+	struct cache_folder f;
+	int64_t folder;
+
 	(void)mode;
-	fuse_reply_err(req, EROFS);
+	if (parent == INO_CTL || !ino_folder(parent, &folder)) {
+		fuse_reply_err(req, m->ro ? EROFS : EPERM);
+		return;
+	}
+	if (ro_or(m, req, m->store->ops->mkdir != NULL))
+		return;
+	if (name[0] == '.') {
+		/* Our names never start with '.'; such a folder could not be
+		 * shown under its own name. */
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (cache_folder_lookup(m->cache, folder, name, &f) == 0) {
+		cache_folder_clear(&f);
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	struct parked *p = park(req, parent, name);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->folder_id = folder;
+	m->store->ops->mkdir(m->store, folder, name, entry_ready_folder, p);
+}
+
+/* The server found mail the cache had not seen yet: not empty. */
+static void rmdir_done(void *ctx, enum store_error err, bool not_empty)
+{
+	struct parked *p = ctx;
+
+	fuse_reply_err(p->req, not_empty ? ENOTEMPTY : store_errno(err));
+	free(p);
+}
+
+static void mfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_folder f, *kids;
+	size_t nkids = 0;
+	int64_t folder;
+
+	if (parent == INO_ROOT && !strcmp(name, CTL_NAME)) {
+		fuse_reply_err(req, m->ro ? EROFS : EPERM);
+		return;
+	}
+	if (!ino_folder(parent, &folder) || cache_folder_lookup(m->cache, folder, name, &f) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (ro_or(m, req, m->store->ops->rmdir != NULL)) {
+		cache_folder_clear(&f);
+		return;
+	}
+	if (cache_folder_children(m->cache, f.id, 0, 1, &kids, &nkids) == 0)
+		cache_folder_list_free(kids, nkids);
+	if (nkids > 0 || cache_msg_count(m->cache, f.id) > 0) {
+		cache_folder_clear(&f);
+		fuse_reply_err(req, ENOTEMPTY);
+		return;
+	}
+	struct parked *p = park(req, parent, name);
+	if (!p) {
+		cache_folder_clear(&f);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	m->store->ops->rmdir(m->store, f.id, rmdir_done, p);
+	cache_folder_clear(&f);
 }
 
 static void mfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	(void)parent;
-	(void)name;
-	fuse_reply_err(req, EROFS);
+	struct mfs *m = mfs_of(req);
+	struct cache_msg msg;
+	int64_t folder;
+
+	if (!ino_folder(parent, &folder) || folder == 0 ||
+	    cache_msg_lookup(m->cache, folder, name, &msg) < 0) {
+		fuse_reply_err(req, parent == INO_CTL ? (m->ro ? EROFS : EPERM) : ENOENT);
+		return;
+	}
+	uint32_t uid = msg.uid;
+	cache_msg_clear(&msg);
+	if (ro_or(m, req, m->store->ops->remove != NULL))
+		return;
+	struct parked *p = park(req, parent, name);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	m->store->ops->remove(m->store, folder, uid, done_reply_err, p);
 }
 
 static void mfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       fuse_ino_t newparent, const char *newname, unsigned int flags)
 {
-	(void)parent;
-	(void)name;
-	(void)newparent;
-	(void)newname;
-	(void)flags;
-	fuse_reply_err(req, EROFS);
-}
+	struct mfs *m = mfs_of(req);
+	struct cache_folder f, dst;
+	struct cache_msg msg;
+	int64_t from, to;
 
-static void mfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-		       struct fuse_file_info *fi)
-{
-	(void)parent;
-	(void)name;
-	(void)mode;
-	(void)fi;
-	fuse_reply_err(req, EROFS);
+	if (flags & RENAME_EXCHANGE) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (!ino_folder(parent, &from) || !ino_folder(newparent, &to) ||
+	    parent == INO_CTL || newparent == INO_CTL) {
+		fuse_reply_err(req, m->ro ? EROFS : EPERM);
+		return;
+	}
+	if (m->ro) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	/* Never replace: a replaced message or folder would be deleted on
+	 * the server, which a rename must not do behind the user's back. */
+	if (cache_folder_lookup(m->cache, to, newname, &dst) == 0) {
+		cache_folder_clear(&dst);
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	if (to != 0 && cache_msg_lookup(m->cache, to, newname, &msg) == 0) {
+		cache_msg_clear(&msg);
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	if (cache_folder_lookup(m->cache, from, name, &f) == 0) {
+		int64_t id = f.id;
+
+		cache_folder_clear(&f);
+		if (ro_or(m, req, m->store->ops->rename_folder != NULL))
+			return;
+		if (newname[0] == '.') {
+			fuse_reply_err(req, EPERM);
+			return;
+		}
+		/* A folder cannot move into itself or its descendants. */
+		for (int64_t a = to; a != 0;) {
+			struct cache_folder af;
+
+			if (a == id) {
+				fuse_reply_err(req, EINVAL);
+				return;
+			}
+			if (cache_folder_get(m->cache, a, &af) < 0)
+				break;
+			a = af.parent_id;
+			cache_folder_clear(&af);
+		}
+		struct parked *p = park(req, parent, name);
+		if (!p) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		m->store->ops->rename_folder(m->store, id, to, newname, done_reply_err, p);
+		return;
+	}
+	if (from == 0 || cache_msg_lookup(m->cache, from, name, &msg) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	uint32_t uid = msg.uid;
+	cache_msg_clear(&msg);
+	if (to == 0) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (from == to) {
+		/* The name is ours, not the server's: rename locally. */
+		int r = cache_msg_rename(m->cache, from, uid, newname);
+
+		if (r == 0) {
+			note_push(m, folder_ino(from), name, 0);
+			note_push(m, folder_ino(from), newname, 0);
+		}
+		fuse_reply_err(req, r < 0 ? -r : 0);
+		return;
+	}
+	if (ro_or(m, req, m->store->ops->move != NULL))
+		return;
+	struct parked *p = park(req, parent, name);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	m->store->ops->move(m->store, from, uid, to, newname, done_reply_err, p);
 }
 
 static void mfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -948,7 +1618,7 @@ static void mfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	(void)name;
 	(void)mode;
 	(void)rdev;
-	fuse_reply_err(req, EROFS);
+	fuse_reply_err(req, mfs_of(req)->ro ? EROFS : EPERM);
 }
 
 static void mfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
@@ -956,7 +1626,7 @@ static void mfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, con
 	(void)link;
 	(void)parent;
 	(void)name;
-	fuse_reply_err(req, EROFS);
+	fuse_reply_err(req, mfs_of(req)->ro ? EROFS : EPERM);
 }
 
 static void mfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
@@ -964,7 +1634,7 @@ static void mfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const
 	(void)ino;
 	(void)newparent;
 	(void)newname;
-	fuse_reply_err(req, EROFS);
+	fuse_reply_err(req, mfs_of(req)->ro ? EROFS : EPERM);
 }
 
 /* ---- the rest ---- */
@@ -1023,7 +1693,8 @@ static const struct fuse_lowlevel_ops ops = {
 	.mknod = mfs_mknod,
 	.mkdir = mfs_mkdir,
 	.unlink = mfs_unlink,
-	.rmdir = mfs_unlink,
+	.rmdir = mfs_rmdir,
+	.flush = mfs_flush,
 	.symlink = mfs_symlink,
 	.rename = mfs_rename,
 	.link = mfs_link,
@@ -1056,6 +1727,7 @@ struct mfs *mfs_new(const struct mfs_opts *o)
 	m->store = o->store;
 	m->ro = o->ro;
 	m->cache_limit = o->cache_limit;
+	m->tmp_dir = strdup(o->tmp_dir);
 	m->uid = getuid();
 	m->gid = getgid();
 	m->started = time(NULL);
@@ -1100,6 +1772,7 @@ void mfs_destroy(struct mfs **mp)
 	}
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->cond);
+	free(m->tmp_dir);
 	free(m);
 	*mp = NULL;
 }

@@ -23,6 +23,8 @@ struct mfs_opts {
 	struct store *store;  /* not owned */
 	bool ro;              /* -o ro: every change fails with EROFS */
 	uint64_t cache_limit; /* for statfs */
+	const char *tmp_dir;  /* where new files are written before APPEND
+				 (O_TMPFILE; same filesystem as the cache) */
 };
 
 struct mfs *mfs_new(const struct mfs_opts *opts);

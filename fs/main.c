@@ -24,6 +24,7 @@
 #include "cache.h"
 #include "fs.h"
 #include "imap-store.h"
+#include "pop3-store.h"
 #include "log.h"
 #include "password.h"
 #include "url.h"
@@ -229,7 +230,7 @@ int main(int argc, char **argv)
 	struct url url;
 	struct stat st;
 	const char *err;
-	char *password = NULL, *cache_dir, *fsname_opt = NULL;
+	char *password = NULL, *cache_dir, *fsname_opt = NULL, *tmp_dir = NULL;
 	struct cache *cache = NULL;
 	struct store *store = NULL;
 	struct mfs *mfs = NULL;
@@ -251,9 +252,6 @@ int main(int argc, char **argv)
 	}
 	if (url_parse(cfg.source, &url, &err) < 0)
 		die("%s", err);
-	if (url.proto != URL_IMAP)
-		die("%s: POP3 is not supported by this version yet; use imaps:// or imap://",
-		    cfg.source);
 	if (cfg.names && strcmp(cfg.names, "readable") && strcmp(cfg.names, "uid"))
 		die("names=%s: expected names=readable or names=uid", cfg.names);
 	if (cfg.delete_mode && strcmp(cfg.delete_mode, "expunge") && strcmp(cfg.delete_mode, "trash"))
@@ -310,10 +308,25 @@ int main(int argc, char **argv)
 		.insecure = cfg.insecure,
 		.cache = cache,
 		.names_uid = !strcmp(scheme, "uid"),
+		.ro = cfg.ro,
+		.delete_trash = cfg.delete_mode && !strcmp(cfg.delete_mode, "trash"),
 		.poll_seconds = cfg.poll,
 		.connections = cfg.connections,
 	};
-	store = imap_store_new(&io, &auth_failed, &err);
+	struct pop3_store_opts pop = {
+		.url = &url,
+		.password = password,
+		.cafile = cfg.cafile,
+		.insecure = cfg.insecure,
+		.cache = cache,
+		.names_uid = io.names_uid,
+		.keep = cfg.keep,
+		.poll_seconds = cfg.poll,
+	};
+	if (url.proto == URL_IMAP)
+		store = imap_store_new(&io, &auth_failed, &err);
+	else
+		store = pop3_store_new(&pop, &auth_failed, &err);
 	password_free(password);
 	password = NULL;
 	if (!store) {
@@ -329,7 +342,19 @@ int main(int argc, char **argv)
 	free(canon);
 	fuse_opt_add_arg(&args, fsname_opt);
 
-	struct mfs_opts mo = { .cache = cache, .store = store, .ro = cfg.ro, .cache_limit = cache_limit };
+	if (asprintf(&tmp_dir, "%s/tmp", cache_dir) < 0)
+		goto out;
+	if (mkdir(tmp_dir, 0700) < 0 && errno != EEXIST) {
+		fprintf(stderr, "mailfs: cannot create %s: %s\n", tmp_dir, strerror(errno));
+		goto out;
+	}
+	struct mfs_opts mo = {
+		.cache = cache,
+		.store = store,
+		.ro = cfg.ro,
+		.cache_limit = cache_limit,
+		.tmp_dir = tmp_dir,
+	};
 	mfs = mfs_new(&mo);
 	if (!mfs)
 		goto out;
@@ -384,6 +409,7 @@ out:
 	mfs_destroy(&mfs);
 	cache_close(&cache);
 	free(fsname_opt);
+	free(tmp_dir);
 	free(cache_dir);
 	free(fopts.mountpoint);
 	fuse_opt_free_args(&args);

@@ -7,6 +7,11 @@
  * clients above keep their input buffers, and that is where the STARTTLS
  * injection check (no bytes after the server's "go ahead") belongs.
  *
+ * The program must ignore SIGPIPE (main does): OpenSSL writes with write().
+ * After a failed conn_starttls() or any fatal TLS error the only valid call
+ * is conn_close(): there is never a fallback to plaintext.  Name resolution
+ * is bounded by the resolver's own settings, not by connect_timeout_ms.
+ *
  * A conn is owned by one thread at a time. */
 #ifndef MAILFS_CONN_H
 #define MAILFS_CONN_H
@@ -32,10 +37,12 @@ struct conn_opts {
  * host and what to do, e.g.
  *   "cannot resolve mail.example.com: Name or service not known"
  *   "cannot connect to 127.0.0.1:993: Connection refused"
- *   "TLS certificate of 127.0.0.1 not trusted: self-signed certificate
- *    (add -o cafile=FILE to trust it)"
- *   "TLS certificate is for other.example, not mail.example.com"
- * The message stays valid until the next conn_* call in this thread. */
+ *   "TLS certificate of 127.0.0.1 is not trusted: self-signed certificate
+ *    (use -o cafile=FILE to trust it)"
+ *   "TLS certificate does not match mail.example.com: it is for
+ *    other.example (connect to that name instead)"
+ * The TLS handshake is bounded by connect_timeout_ms.  The message stays
+ * valid until the next conn_* call in this thread. */
 int conn_open(struct conn **conn_r, const struct conn_opts *opts,
 	      const char **error_r);
 
@@ -60,7 +67,7 @@ bool conn_has_input(struct conn *conn);
 /* The socket, for poll() by an owner that multiplexes (IDLE). */
 int conn_fd(const struct conn *conn);
 
-/* Change the read timeout (e.g. longer while IDLE). */
+/* Change the timeout of each read and write (e.g. longer while IDLE). */
 void conn_set_io_timeout(struct conn *conn, int ms);
 
 /* Shut down TLS politely if possible, close, free, set *conn to NULL. */

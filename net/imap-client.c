@@ -30,6 +30,7 @@ struct imap_client {
 	char trace_name[16];
 	char text[512];  /* free text of the last tagged completion */
 	char code[64];   /* its response code atom */
+	char code_args[256]; /* the code's other arguments, space-separated */
 	char error[256];
 	char *rbuf;
 };
@@ -311,12 +312,84 @@ int imap_client_send(struct imap_client *c, const char *fmt, ...)
 	return r;
 }
 
+void imap_code_args(const struct imap_response *r, char *buf, size_t size)
+{
+	size_t pos = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 1; i < r->code_count && pos + 1 < size; i++) {
+		if (r->code[i].type != IMAP_ARG_ATOM)
+			continue;
+		int n = snprintf(buf + pos, size - pos, "%s%s", pos ? " " : "", r->code[i].v.str);
+
+		if (n < 0 || (size_t)n >= size - pos) {
+			buf[pos] = '\0';
+			break;
+		}
+		pos += (size_t)n;
+	}
+}
+
 static void copy_completion(struct imap_client *c, const struct imap_response *r)
 {
 	snprintf(c->text, sizeof(c->text), "%s", r->text);
 	c->code[0] = '\0';
-	if (r->code_count > 0 && r->code[0].type == IMAP_ARG_ATOM)
+	c->code_args[0] = '\0';
+	if (r->code_count > 0 && r->code[0].type == IMAP_ARG_ATOM) {
 		snprintf(c->code, sizeof(c->code), "%s", r->code[0].v.str);
+		imap_code_args(r, c->code_args, sizeof(c->code_args));
+	}
+}
+
+const char *imap_client_code_args(const struct imap_client *c)
+{
+	return c->code_args;
+}
+
+int imap_client_send_literal(struct imap_client *c, const char *prefix,
+			     const void *data, size_t len, const char *suffix)
+{
+	char head[1024];
+	int tag = c->next_tag++;
+	bool plus = (c->caps & IMAP_CAP_LITERALPLUS) ||
+		    ((c->caps & IMAP_CAP_LITERALMINUS) && len <= 4096);
+	int n, r;
+
+	if (!c->alive)
+		return -ENOTCONN;
+	n = snprintf(head, sizeof(head), "A%d %s {%zu%s}", tag, prefix, len, plus ? "+" : "");
+	if (n < 0 || (size_t)n >= sizeof(head) - 2)
+		return -E2BIG;
+	log_trace(c->trace_name, '>', head, (size_t)n);
+	memcpy(head + n, "\r\n", 2);
+	r = conn_write(c->conn, head, (size_t)n + 2);
+	if (r < 0)
+		goto fail;
+	if (!plus) {
+		const struct imap_response *resp;
+
+		r = read_response(c, &resp);
+		if (r < 0)
+			return r;
+		if (resp->kind != IMAP_RESP_CONTINUATION) {
+			/* Refused before the data: this is the completion.
+			 * Remember it and let the caller's wait see it. */
+			set_error(c, "server refused a literal: %s", resp->text);
+			return -EPROTO;
+		}
+	}
+	r = conn_write(c->conn, data, len);
+	if (r == 0 && suffix && *suffix)
+		r = conn_write(c->conn, suffix, strlen(suffix));
+	if (r == 0)
+		r = conn_write(c->conn, "\r\n", 2);
+	if (r < 0)
+		goto fail;
+	log_trace(c->trace_name, '>', "{literal sent}", 14);
+	return tag;
+fail:
+	set_error(c, "cannot send to server: %s", strerror(-r));
+	return r;
 }
 
 int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,

@@ -103,6 +103,18 @@ const char *imap_client_text(const struct imap_client *client);
  * "OVERQUOTA", "NONEXISTENT", "TRYCREATE" ("" if none); and its code
  * arguments (for COPYUID / APPENDUID). */
 const char *imap_client_code(const struct imap_client *client);
+/* The response code's arguments after the atom, space-separated (atoms
+ * only), e.g. "38505 304 3956" for [COPYUID 38505 304 3956]. */
+const char *imap_client_code_args(const struct imap_client *client);
+/* The same for any response (for codes in untagged OK responses). */
+void imap_code_args(const struct imap_response *resp, char *buf, size_t size);
+
+/* Send "TAG prefix {len}" CRLF data suffix CRLF, with LITERAL+ when the
+ * server has it, else waiting for the continuation.  Returns the tag or a
+ * negative errno; wait for it with imap_client_wait(). */
+int imap_client_send_literal(struct imap_client *client, const char *prefix,
+			     const void *data, size_t len, const char *suffix);
+
 /* What broke the connection, for logs ("" if nothing). */
 const char *imap_client_error(const struct imap_client *client);
 /* Is the connection still usable? */

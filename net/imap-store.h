@@ -23,6 +23,8 @@ struct imap_store_opts {
 	bool insecure;
 	struct cache *cache;   /* not owned */
 	bool names_uid;        /* names=uid */
+	bool ro;               /* EXAMINE, never SELECT */
+	bool delete_trash;     /* delete=trash: rm moves to \Trash */
 	unsigned poll_seconds; /* 0: 60 */
 	unsigned connections;  /* worker connections; 0: 2 */
 };

@@ -22,6 +22,9 @@
 #define STORE_CAP_FLAGS   0x02u /* per-message flags */
 #define STORE_CAP_WRITE   0x04u /* changes go to the server */
 #define STORE_CAP_PUSH    0x08u /* server changes arrive without polling */
+#define STORE_CAP_READ_ONCE 0x10u /* a message read to its end is consumed
+				     (POP3): fs/ reads around the page cache
+				     so that it sees the reader reach EOF */
 
 /* Why something failed; fs/ turns it into an errno in one place. */
 enum store_error {
@@ -75,6 +78,42 @@ struct store_ops {
 	void (*status)(struct store *store, struct store_status *status_r);
 	/* Ask for a resynchronisation of everything soon. */
 	void (*sync_now)(struct store *store);
+
+	/* Changes.  Each calls done once the server has confirmed it (or
+	 * refused); on success the cache already shows the new state.  A
+	 * backend leaves the ones it cannot do NULL, and fs/ answers EROFS
+	 * (or EPERM where that is the better word) itself. */
+
+	/* rm MSG.  IMAP: expunge (or move to Trash); POP3 spool: DELE;
+	 * POP3 archive: delete the local copy. */
+	void (*remove)(struct store *store, int64_t folder_id, uint32_t uid,
+		       store_done_fn *done, void *ctx);
+	/* mv MSG OTHER/NAME: the message keeps `name` at the destination. */
+	void (*move)(struct store *store, int64_t folder_id, uint32_t uid,
+		     int64_t to_folder_id, const char *name,
+		     store_done_fn *done, void *ctx);
+	/* mkdir / rmdir / mv DIR: `name` is the directory name in the mount
+	 * (UTF-8); the backend makes the server's name from it. */
+	void (*mkdir)(struct store *store, int64_t parent_id, const char *name,
+		      store_done_fn *done, void *ctx);
+	void (*rmdir)(struct store *store, int64_t folder_id,
+		      store_done_fn *done, void *ctx);
+	void (*rename_folder)(struct store *store, int64_t folder_id,
+			      int64_t new_parent_id, const char *new_name,
+			      store_done_fn *done, void *ctx);
+	/* cp FILE FOLDER/NAME: append the message in fd (read from offset 0
+	 * to its end; not closed) as `name`; mtime (unix seconds, 0 for
+	 * none) becomes the INTERNALDATE. */
+	void (*append)(struct store *store, int64_t folder_id, const char *name,
+		       int fd, int64_t mtime, store_done_fn *done, void *ctx);
+	/* setfattr user.mail.flags: replace the message's flags. */
+	void (*set_flags)(struct store *store, int64_t folder_id, uint32_t uid,
+			  const char *flags, store_done_fn *done, void *ctx);
+	/* STORE_CAP_READ_ONCE: the message was read up to EOF and closed.
+	 * Returns at once; the backend consumes it in the background and
+	 * tells fs/ through the events. */
+	void (*consume)(struct store *store, int64_t folder_id, uint32_t uid);
+
 	/* Stop threads, log out, free; sets *store to NULL. */
 	void (*destroy)(struct store **store);
 };
