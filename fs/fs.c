@@ -798,6 +798,8 @@ static void reply_open_fd(struct parked *p, int fd, bool size_changed)
 	 * hide. */
 	p->fi.keep_cache = !size_changed && !read_once;
 	p->fi.direct_io = size_changed || read_once;
+	/* Nothing to flush on a body: spare close() a round trip. */
+	p->fi.noflush = 1;
 	if (fuse_reply_open(p->req, &p->fi) != 0) {
 		close(fd);
 		free(fh);

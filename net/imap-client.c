@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <poll.h>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
@@ -21,8 +23,22 @@
 #define READ_CHUNK (64 * 1024)
 #define CMD_MAX (64 * 1024)
 
+/* A completion that arrived while waiting for another command: servers
+ * may finish pipelined commands in any order (RFC 3501 5.5). */
+struct early_done {
+	int tag;
+	int result;
+	char text[256];
+	char code[64];
+	char code_args[256];
+};
+
+#define EARLY_MAX 32
+
 struct imap_client {
 	struct conn *conn;
+	struct early_done early[EARLY_MAX];
+	size_t nearly;
 	struct imap_parser *parser;
 	unsigned caps;
 	int next_tag;
@@ -392,11 +408,34 @@ fail:
 	return r;
 }
 
+static int status_result(enum imap_status st)
+{
+	switch (st) {
+	case IMAP_STATUS_OK:
+		return IMAP_RESULT_OK;
+	case IMAP_STATUS_NO:
+		return IMAP_RESULT_NO;
+	default:
+		return IMAP_RESULT_BAD;
+	}
+}
+
 int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
 		     void *ctx)
 {
 	char want[16];
 
+	for (size_t i = 0; i < c->nearly; i++) {
+		if (c->early[i].tag != tag)
+			continue;
+		int result = c->early[i].result;
+
+		snprintf(c->text, sizeof(c->text), "%s", c->early[i].text);
+		snprintf(c->code, sizeof(c->code), "%s", c->early[i].code);
+		snprintf(c->code_args, sizeof(c->code_args), "%s", c->early[i].code_args);
+		c->early[i] = c->early[--c->nearly];
+		return result;
+	}
 	snprintf(want, sizeof(want), "A%d", tag);
 	for (;;) {
 		const struct imap_response *r;
@@ -406,22 +445,31 @@ int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
 			return ret;
 		if (r->kind == IMAP_RESP_TAGGED) {
 			if (strcmp(r->tag, want) != 0) {
-				/* An earlier command's completion: the caller
-				 * broke the wait-in-order rule, or the server
-				 * invented a tag.  Either way we are lost. */
-				set_error(c, "unexpected completion for tag %s while waiting for %s",
-					  r->tag, want);
-				return -EPROTO;
+				/* Another pipelined command finished first:
+				 * keep its result for its own wait.  A tag
+				 * we never sent means we are lost. */
+				char *end;
+				long other = r->tag[0] == 'A' ? strtol(r->tag + 1, &end, 10) : -1;
+
+				if (other <= 0 || *end || other >= c->next_tag || c->nearly == EARLY_MAX) {
+					set_error(c, "unexpected completion for tag %s while waiting for %s",
+						  r->tag, want);
+					return -EPROTO;
+				}
+				struct early_done *e = &c->early[c->nearly++];
+
+				e->tag = (int)other;
+				e->result = status_result(r->status);
+				snprintf(e->text, sizeof(e->text), "%s", r->text);
+				e->code[0] = e->code_args[0] = '\0';
+				if (r->code_count > 0 && r->code[0].type == IMAP_ARG_ATOM) {
+					snprintf(e->code, sizeof(e->code), "%s", r->code[0].v.str);
+					imap_code_args(r, e->code_args, sizeof(e->code_args));
+				}
+				continue;
 			}
 			copy_completion(c, r);
-			switch (r->status) {
-			case IMAP_STATUS_OK:
-				return IMAP_RESULT_OK;
-			case IMAP_STATUS_NO:
-				return IMAP_RESULT_NO;
-			default:
-				return IMAP_RESULT_BAD;
-			}
+			return status_result(r->status);
 		}
 		if (r->kind == IMAP_RESP_UNTAGGED && r->status == IMAP_STATUS_BYE) {
 			/* BYE is followed by the close; keep its text for
@@ -445,6 +493,54 @@ int imap_client_run(struct imap_client *c, imap_untagged_fn *cb, void *ctx,
 	if (tag < 0)
 		return tag;
 	return imap_client_wait(c, tag, cb, ctx);
+}
+
+int imap_client_poll(struct imap_client *c, int timeout_ms,
+		     const struct imap_response **resp_r)
+{
+	const char *perr;
+	int r;
+
+	if (!c->alive)
+		return -ENOTCONN;
+	r = imap_parser_next(c->parser, resp_r, &perr);
+	if (r == 1) {
+		trace_response(c, *resp_r);
+		return 1;
+	}
+	if (r < 0) {
+		set_error(c, "malformed response from server: %s", perr);
+		return -EPROTO;
+	}
+	if (!conn_has_input(c->conn)) {
+		struct pollfd pfd = { .fd = conn_fd(c->conn), .events = POLLIN };
+
+		r = poll(&pfd, 1, timeout_ms);
+		if (r < 0)
+			return errno == EINTR ? 0 : -errno;
+		if (r == 0)
+			return 0;
+	}
+	return read_response(c, resp_r);
+}
+
+int imap_client_raw(struct imap_client *c, const char *line)
+{
+	size_t len = strlen(line);
+	char buf[64];
+	int r;
+
+	if (!c->alive)
+		return -ENOTCONN;
+	if (len + 2 > sizeof(buf))
+		return -E2BIG;
+	log_trace(c->trace_name, '>', line, len);
+	memcpy(buf, line, len);
+	memcpy(buf + len, "\r\n", 2);
+	r = conn_write(c->conn, buf, len + 2);
+	if (r < 0)
+		set_error(c, "cannot send to server: %s", strerror(-r));
+	return r;
 }
 
 int imap_client_enable(struct imap_client *c, const char *exts)

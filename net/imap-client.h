@@ -83,14 +83,24 @@ typedef void imap_untagged_fn(void *ctx, const struct imap_response *resp);
 int imap_client_send(struct imap_client *client, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
-/* Read until command `tag` completes, passing untagged responses (and the
- * completions of earlier tags, which must not exist: wait in order) to cb
- * (may be NULL).  Returns an imap_result (>= 0) or a negative errno when
+/* Read until command `tag` completes, passing untagged responses to cb (may
+ * be NULL).  Pipelined commands may complete in any order: a completion
+ * for another sent tag is kept for its own wait, but untagged responses go
+ * to whichever callback is waiting, so pipeline only commands one callback
+ * can handle.  Returns an imap_result (>= 0) or a negative errno when
  * the connection failed (-ETIMEDOUT, -ECONNRESET, -EPROTO for a protocol
  * violation, ...).  After a result other than OK, imap_client_text() is the
  * server's text; after a failure, imap_client_error() says what broke. */
 int imap_client_wait(struct imap_client *client, int tag,
 		     imap_untagged_fn *cb, void *ctx);
+
+/* For IDLE: the next response, waiting at most timeout_ms.  1 with
+ * *resp_r (valid until the next call), 0 on timeout, or a negative errno
+ * when the connection failed. */
+int imap_client_poll(struct imap_client *client, int timeout_ms,
+		     const struct imap_response **resp_r);
+/* Send one untagged line (IDLE's "DONE"). 0 or a negative errno. */
+int imap_client_raw(struct imap_client *client, const char *line);
 
 /* Send and wait in one go. */
 int imap_client_run(struct imap_client *client, imap_untagged_fn *cb,

@@ -89,6 +89,16 @@ struct worker {
 	bool selected_rw; /* ... and SELECTed read-write */
 };
 
+/* A connection that IDLEs on one folder and queues a sync of it when the
+ * server says something changed there. */
+struct idler {
+	struct istore *s;
+	pthread_t thread;
+	struct imap_client *client;
+	bool follow_recent; /* the folder used last; else INBOX */
+	bool started;
+};
+
 struct istore {
 	struct store base;
 	struct url url;
@@ -120,7 +130,12 @@ struct istore {
 	int64_t last_sync;
 	uint64_t fetches;
 
+	int64_t inbox_id;  /* lock */
+	int64_t recent_id; /* lock: the folder used last through the mount */
+	pthread_cond_t idle_cond; /* recent_id changed / stopping */
+
 	struct worker workers[MAX_WORKERS];
+	struct idler idlers[2];
 	pthread_t poller;
 	bool started;
 };
@@ -511,6 +526,11 @@ static int do_list(struct istore *s, struct imap_client *c, const char **error_r
 			seen_ids[nseen++] = id;
 			if (e->flags & CACHE_FOLDER_TRASH)
 				s->trash_id = id;
+			if (!strcasecmp(e->server_name, "INBOX")) {
+				pthread_mutex_lock(&s->lock);
+				s->inbox_id = id;
+				pthread_mutex_unlock(&s->lock);
+			}
 			if (!existed) {
 				struct cache_folder f;
 
@@ -667,6 +687,15 @@ static char *nstring_dup(const struct imap_arg *a)
 	return strndup(s, len);
 }
 
+/* A new message's metadata, waiting to be written with others in one
+ * transaction: one per message would cost a commit each. */
+struct meta_pending {
+	struct cache_msg m;
+	char *base;
+};
+
+#define META_BATCH 500
+
 struct meta_ctx {
 	struct istore *s;
 	int64_t folder_id;
@@ -675,7 +704,36 @@ struct meta_ctx {
 	uint32_t *seen;    /* UIDs present (UID SEARCH) */
 	size_t nseen, capseen;
 	size_t added;
+	struct meta_pending pending[META_BATCH];
+	size_t npending;
 };
+
+/* Write the pending new messages, then tell fs/ their names. */
+static void meta_flush(struct meta_ctx *mc)
+{
+	struct istore *s = mc->s;
+	char *names[META_BATCH];
+	size_t n = mc->npending;
+
+	if (n == 0)
+		return;
+	cache_begin(s->cache);
+	for (size_t i = 0; i < n; i++) {
+		names[i] = NULL;
+		if (cache_msg_put(s->cache, &mc->pending[i].m, mc->pending[i].base, &names[i]) == 0)
+			mc->added++;
+	}
+	cache_commit(s->cache);
+	for (size_t i = 0; i < n; i++) {
+		if (names[i])
+			emit_entry(s, mc->folder_id, names[i]);
+		free(names[i]);
+		free(mc->pending[i].base);
+		free(mc->pending[i].m.flags);
+		free(mc->pending[i].m.message_id);
+	}
+	mc->npending = 0;
+}
 
 static void meta_new(struct meta_ctx *mc, uint32_t uid, const struct imap_arg *list)
 {
@@ -687,7 +745,6 @@ static void meta_new(struct meta_ctx *mc, uint32_t uid, const struct imap_arg *l
 	const struct imap_arg *modseq = imap_fetch_get(list, "MODSEQ");
 	struct cache_msg m = { .folder_id = mc->folder_id, .uid = uid };
 	char *subject = NULL, *from_name = NULL, *from_addr = NULL, *base = NULL;
-	char *name = NULL;
 	const char *is;
 	size_t il;
 	uint64_t n;
@@ -732,17 +789,19 @@ static void meta_new(struct meta_ctx *mc, uint32_t uid, const struct imap_arg *l
 	} else {
 		base = names_message_base(date, from_name, from_addr, subject);
 	}
-	if (m.flags && base && cache_msg_put(s->cache, &m, base, &name) == 0) {
-		mc->added++;
-		emit_entry(s, mc->folder_id, name);
+	if (m.flags && base) {
+		mc->pending[mc->npending].m = m;
+		mc->pending[mc->npending].base = base;
+		if (++mc->npending == META_BATCH)
+			meta_flush(mc);
+	} else {
+		free(base);
+		free(m.flags);
+		free(m.message_id);
 	}
-	free(name);
-	free(base);
 	free(subject);
 	free(from_name);
 	free(from_addr);
-	free(m.flags);
-	free(m.message_id);
 }
 
 static void meta_flags(struct meta_ctx *mc, uint32_t uid, const struct imap_arg *list)
@@ -875,13 +934,19 @@ static int sync_folder(struct worker *w, int64_t folder_id)
 	struct istore *s = w->s;
 	struct cache_folder f;
 	struct examine_ctx e;
-	struct meta_ctx mc = { .s = s, .folder_id = folder_id };
+	struct meta_ctx *mc = calloc(1, sizeof(*mc));
 	uint32_t *uids = NULL;
 	size_t nuids = 0;
 	int r, tag_new = 0, tag_search = 0, tag_flags = 0;
 
-	if (cache_folder_get(s->cache, folder_id, &f) < 0)
+	if (!mc)
+		return -ENOMEM;
+	mc->s = s;
+	mc->folder_id = folder_id;
+	if (cache_folder_get(s->cache, folder_id, &f) < 0) {
+		free(mc);
 		return -ENOENT;
+	}
 	if (f.flags & CACHE_FOLDER_NOSELECT) {
 		r = 0;
 		goto out;
@@ -910,11 +975,11 @@ static int sync_folder(struct worker *w, int64_t folder_id)
 
 	if (e.exists == 0) {
 		/* Nothing on the server: everything cached is gone. */
-		mc.nseen = 0;
+		mc->nseen = 0;
 	} else {
 		/* New UIDs only: never refetch what the cache knows. */
 		if (e.uidnext == 0 || e.uidnext > maxuid + 1 || nuids == 0) {
-			mc.min_uid = maxuid + 1;
+			mc->min_uid = maxuid + 1;
 			tag_new = imap_client_send(w->client,
 						   "UID FETCH %u:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE%s)",
 						   maxuid + 1, condstore ? " MODSEQ" : "");
@@ -943,17 +1008,18 @@ static int sync_folder(struct worker *w, int64_t folder_id)
 	for (int i = 0; i < 3; i++) {
 		if (tags[i] <= 0)
 			continue;
-		r = imap_client_wait(w->client, tags[i], on_meta, &mc);
+		r = imap_client_wait(w->client, tags[i], on_meta, mc);
 		if (r < 0)
 			goto out;
 		if (r != IMAP_RESULT_OK)
 			log_warn("folder %s: %s", f.server_name, imap_client_text(w->client));
 	}
+	meta_flush(mc);
 	/* Expunged: cached UIDs the server no longer has. */
 	if (e.exists == 0 || tag_search > 0) {
-		qsort(mc.seen, mc.nseen, sizeof(*mc.seen), cmp_u32);
+		qsort(mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32);
 		for (size_t i = 0; i < nuids; i++) {
-			if (mc.nseen && bsearch(&uids[i], mc.seen, mc.nseen, sizeof(*mc.seen), cmp_u32))
+			if (mc->nseen && bsearch(&uids[i], mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32))
 				continue;
 			struct cache_msg m;
 
@@ -966,13 +1032,15 @@ static int sync_folder(struct worker *w, int64_t folder_id)
 	}
 	cache_folder_set_state(s->cache, folder_id, e.uidvalidity, e.uidnext,
 			       e.highestmodseq, (int64_t)time(NULL));
-	if (mc.added)
-		log_debug("folder %s: %zu new messages", f.server_name, mc.added);
+	if (mc->added)
+		log_debug("folder %s: %zu new messages", f.server_name, mc->added);
 	r = 0;
 out:
 	cache_folder_clear(&f);
 	free(uids);
-	free(mc.seen);
+	meta_flush(mc);
+	free(mc->seen);
+	free(mc);
 	return r;
 }
 
@@ -2031,6 +2099,158 @@ static void *poller_main(void *arg)
 	return NULL;
 }
 
+/* ---- IDLE ---- */
+
+static void note_recent(struct istore *s, int64_t folder_id)
+{
+	/* Called with the lock held. */
+	if (folder_id > 0 && s->recent_id != folder_id) {
+		s->recent_id = folder_id;
+		pthread_cond_broadcast(&s->idle_cond);
+	}
+}
+
+static int64_t idler_target(struct idler *d)
+{
+	struct istore *s = d->s;
+	int64_t t;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->stopping)
+		t = -1;
+	else if (d->follow_recent)
+		t = s->recent_id != s->inbox_id ? s->recent_id : 0;
+	else
+		t = s->inbox_id;
+	pthread_mutex_unlock(&s->lock);
+	return t;
+}
+
+static void idler_sleep(struct idler *d, int ms)
+{
+	struct istore *s = d->s;
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&s->lock);
+	if (!s->stopping)
+		pthread_cond_timedwait(&s->idle_cond, &s->lock, &ts);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Does this untagged response say the folder changed? */
+static bool idle_change(const struct imap_response *r)
+{
+	if (r->kind != IMAP_RESP_UNTAGGED)
+		return false;
+	if (r->args_count >= 1 && imap_arg_atom_is(&r->args[0], "VANISHED"))
+		return true;
+	return r->args_count >= 2 &&
+	       (imap_arg_atom_is(&r->args[1], "EXISTS") || imap_arg_atom_is(&r->args[1], "EXPUNGE") ||
+		imap_arg_atom_is(&r->args[1], "FETCH"));
+}
+
+/* One IDLE round on target: returns when the server reports a change
+ * (true), the target changes, 25 minutes pass (RFC 2177 asks for less
+ * than 30), or the connection fails. */
+static bool idle_round(struct idler *d, int64_t target)
+{
+	struct istore *s = d->s;
+	struct cache_folder f;
+	const struct imap_response *r;
+	bool changed = false;
+	time_t start = time(NULL);
+	int tag, ret;
+	char *q;
+
+	if (cache_folder_get(s->cache, target, &f) < 0) {
+		idler_sleep(d, 1000);
+		return false;
+	}
+	q = imap_quote(f.server_name);
+	cache_folder_clear(&f);
+	if (!q)
+		return false;
+	ret = imap_client_run(d->client, NULL, NULL, "EXAMINE %s", q);
+	free(q);
+	if (ret != IMAP_RESULT_OK) {
+		idler_sleep(d, 2000);
+		return false;
+	}
+	tag = imap_client_send(d->client, "IDLE");
+	if (tag < 0)
+		return false;
+	for (;;) {
+		ret = imap_client_poll(d->client, 500, &r);
+		if (ret < 0)
+			return changed;
+		if (ret == 1 && r->kind == IMAP_RESP_TAGGED)
+			return changed; /* the server ended it */
+		if (ret == 1 && idle_change(r))
+			changed = true;
+		if (changed || idler_target(d) != target || time(NULL) - start > 25 * 60)
+			break;
+	}
+	if (imap_client_raw(d->client, "DONE") == 0)
+		imap_client_wait(d->client, tag, NULL, NULL);
+	return changed;
+}
+
+static void *idler_main(void *arg)
+{
+	struct idler *d = arg;
+	struct istore *s = d->s;
+	int backoff = 1000;
+
+	for (;;) {
+		int64_t target = idler_target(d);
+		const char *err;
+
+		if (target < 0)
+			break;
+		if (target == 0) {
+			idler_sleep(d, 1000);
+			continue;
+		}
+		if (!d->client || !imap_client_alive(d->client)) {
+			struct imap_client_opts o = {
+				.url = &s->url,
+				.password = s->password,
+				.cafile = s->cafile,
+				.insecure = s->insecure,
+				.trace_name = d->follow_recent ? "idle2" : "idle1",
+			};
+
+			imap_client_close(&d->client);
+			if (imap_client_open(&d->client, &o, NULL, &err) < 0) {
+				log_debug("IDLE connection: %s", err);
+				idler_sleep(d, backoff);
+				backoff = backoff < 60000 ? backoff * 2 : 60000;
+				continue;
+			}
+			backoff = 1000;
+			if (!(imap_client_caps(d->client) & IMAP_CAP_IDLE)) {
+				/* No IDLE: the poller alone keeps us current. */
+				imap_client_close(&d->client);
+				break;
+			}
+		}
+		if (idle_round(d, target)) {
+			pthread_mutex_lock(&s->lock);
+			queue_sync(s, target, true);
+			pthread_mutex_unlock(&s->lock);
+		}
+	}
+	imap_client_close(&d->client);
+	return NULL;
+}
+
 /* ---- store_ops ---- */
 
 static int istore_start(struct store *base, const struct store_events *ev)
@@ -2049,6 +2269,12 @@ static int istore_start(struct store *base, const struct store_events *ev)
 	if (pthread_create(&s->poller, NULL, poller_main, s) != 0)
 		return -EAGAIN;
 	s->started = true;
+	for (int i = 0; i < 2; i++) {
+		s->idlers[i].s = s;
+		s->idlers[i].follow_recent = i == 1;
+		s->idlers[i].started =
+			pthread_create(&s->idlers[i].thread, NULL, idler_main, &s->idlers[i]) == 0;
+	}
 	/* The first full sync: every folder's listing, INBOX first. */
 	queue_full_sync(s, false);
 	return 0;
@@ -2073,6 +2299,7 @@ static void istore_folder_ready(struct store *base, int64_t folder_id,
 	struct fstate *f;
 
 	pthread_mutex_lock(&s->lock);
+	note_recent(s, folder_id);
 	f = fstate_get(s, folder_id);
 	if (!f || f->ready) {
 		pthread_mutex_unlock(&s->lock);
@@ -2096,6 +2323,7 @@ static void istore_fetch_body(struct store *base, int64_t folder_id, uint32_t ui
 	struct inflight *in;
 
 	pthread_mutex_lock(&s->lock);
+	note_recent(s, folder_id);
 	for (in = s->inflight; in; in = in->next)
 		if (in->folder_id == folder_id && in->uid == uid)
 			break;
@@ -2158,11 +2386,15 @@ static void istore_destroy(struct store **basep)
 	s->stopping = true;
 	pthread_cond_broadcast(&s->cond);
 	pthread_cond_broadcast(&s->poll_cond);
+	pthread_cond_broadcast(&s->idle_cond);
 	pthread_mutex_unlock(&s->lock);
 	if (s->started) {
 		for (unsigned i = 0; i < s->nworkers; i++)
 			pthread_join(s->workers[i].thread, NULL);
 		pthread_join(s->poller, NULL);
+		for (int i = 0; i < 2; i++)
+			if (s->idlers[i].started)
+				pthread_join(s->idlers[i].thread, NULL);
 	}
 	for (unsigned i = 0; i < MAX_WORKERS; i++)
 		imap_client_close(&s->workers[i].client);
@@ -2194,6 +2426,7 @@ static void istore_destroy(struct store **basep)
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
 	pthread_cond_destroy(&s->poll_cond);
+	pthread_cond_destroy(&s->idle_cond);
 	free(s);
 	*basep = NULL;
 }
@@ -2230,6 +2463,7 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	pthread_cond_init(&s->poll_cond, NULL);
+	pthread_cond_init(&s->idle_cond, NULL);
 	s->url = *o->url;
 	s->url.user = strdup(o->url->user);
 	s->url.host = strdup(o->url->host);
