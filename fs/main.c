@@ -371,6 +371,8 @@ int main(int argc, char **argv)
 	if (!fopts.foreground)
 		log_to_syslog();
 	fuse_daemonize(fopts.foreground);
+	if (cfg.insecure && !fopts.foreground)
+		log_warn("insecure: certificate verification is off for %s", cfg.source);
 	if (mfs_start(mfs, se) < 0) {
 		log_error("cannot start threads");
 		goto out_unmount;

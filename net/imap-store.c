@@ -23,7 +23,7 @@
 #include "mutf7.h"
 #include "names.h"
 
-#define READAHEAD_COUNT 24
+#define READAHEAD_COUNT 48
 #define READAHEAD_BYTES (16u << 20)
 #define MAX_WORKERS 8
 #define APPEND_MAX (256u << 20) /* bytes of one message written into the mount */
@@ -53,6 +53,7 @@ struct job {
 	int64_t folder_id;
 	uint32_t uid;
 	struct op *op;
+	bool prefetch; /* JOB_FETCH: the window after uid, nobody waits */
 	struct job *next;
 };
 
@@ -1114,8 +1115,10 @@ static void on_body(void *ctx, const struct imap_response *r)
 	body_done(bc->s, bc->folder_id, (uint32_t)uid, STORE_OK, changed);
 }
 
-/* Fetch uid and some uncached successors in one UID FETCH. */
-static int fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid)
+/* Fetch uid and some uncached successors in one UID FETCH; with
+ * prefetch, only the uncached successors of uid, for nobody in
+ * particular (the next window of a sequential reader). */
+static int fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool prefetch)
 {
 	struct istore *s = w->s;
 	uint32_t *more = NULL, batch[READAHEAD_COUNT + 1];
@@ -1127,7 +1130,8 @@ static int fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid)
 	size_t pos = 0;
 	int r;
 
-	batch[n++] = uid;
+	if (!prefetch)
+		batch[n++] = uid;
 	/* Read-ahead: the next uncached messages that nobody fetches yet. */
 	if (cache_msg_uncached(s->cache, folder_id, uid, READAHEAD_COUNT * 2, &more, &nmore) == 0) {
 		pthread_mutex_lock(&s->lock);
@@ -1144,7 +1148,7 @@ static int fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid)
 				continue;
 			bytes += m.size;
 			cache_msg_clear(&m);
-			if (bytes > READAHEAD_BYTES && n > 1)
+			if (bytes > READAHEAD_BYTES && n > 0 && (n > 1 || prefetch))
 				break;
 			in = calloc(1, sizeof(*in));
 			if (!in)
@@ -1155,9 +1159,20 @@ static int fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid)
 			s->inflight = in;
 			batch[n++] = more[i];
 		}
+		/* A reader that needed a fetch of a full window is likely to
+		 * go on: let another connection fetch the window after it
+		 * meanwhile, so that two streams run side by side. */
+		if (!prefetch && n == READAHEAD_COUNT + 1 && s->nworkers > 1) {
+			struct job *j = enqueue(s, JOB_FETCH, folder_id, batch[n - 1], true);
+
+			if (j)
+				j->prefetch = true;
+		}
 		pthread_mutex_unlock(&s->lock);
 		free(more);
 	}
+	if (n == 0)
+		return 0;
 	for (size_t i = 0; i < n; i++)
 		pos += (size_t)snprintf(set + pos, sizeof(set) - pos, "%s%u", i ? "," : "", batch[i]);
 
@@ -1997,7 +2012,7 @@ static void run_job(struct worker *w, struct job *j)
 		break;
 	}
 	case JOB_FETCH:
-		fetch_bodies(w, j->folder_id, j->uid);
+		fetch_bodies(w, j->folder_id, j->uid, j->prefetch);
 		break;
 	case JOB_OP:
 		break;
