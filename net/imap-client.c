@@ -21,6 +21,7 @@
 #include "log.h"
 
 #define READ_CHUNK (64 * 1024)
+#define IMAP_MAX_LITERAL (256u << 20)
 #define CMD_MAX (64 * 1024)
 
 /* A completion that arrived while waiting for another command: servers
@@ -707,7 +708,10 @@ int imap_client_open(struct imap_client **client_r,
 	if (!c)
 		return fail(&c, false, auth_failed_r, error_r, "out of memory");
 	c->rbuf = malloc(READ_CHUNK);
-	c->parser = imap_parser_new(NULL);
+	/* One message of up to 256 MiB: the memory one connection may take
+	 * for a response, whatever a server announces. */
+	struct imap_parser_limits limits = { .max_literal = IMAP_MAX_LITERAL };
+	c->parser = imap_parser_new(&limits);
 	c->next_tag = 1;
 	c->alive = true;
 	snprintf(c->trace_name, sizeof(c->trace_name), "%s", o->trace_name ? o->trace_name : "imap");

@@ -512,9 +512,9 @@ static int imap_parser_open_list(struct imap_parser_tok_ctx *t)
 	struct imap_parser *parser = t->parser;
 
 	if (parser->depth >= parser->limits.max_depth) {
-		imap_parser_set_error(parser,
-				      "lists nested deeper than the limit of %u",
-				      parser->limits.max_depth);
+		imap_parser_set_error(
+			parser, "lists nested deeper than the limit of %u",
+			parser->limits.max_depth);
 		return IMAP_PARSER_TOK_FATAL;
 	}
 	/* The list counts as an argument as soon as it opens, so that a
@@ -614,8 +614,8 @@ static int imap_parser_literal(struct imap_parser_tok_ctx *t)
 		close++;
 	if (close >= t->end || buf[close] != '}') {
 		imap_parser_set_error(parser,
-				      "'{' at byte %zu of the response does not "
-				      "start a literal {n}",
+				      "'{' at byte %zu of the response does "
+				      "not start a literal {n}",
 				      open - parser->rstart);
 		return IMAP_PARSER_TOK_SYNTAX;
 	}
@@ -646,8 +646,8 @@ static int imap_parser_literal(struct imap_parser_tok_ctx *t)
 	    imap_parser_eol(buf, next, t->end) == 0) {
 		imap_parser_set_error(parser,
 				      "literal at byte %zu of the response is "
-				      "followed by byte 0x%02x, not by a space, "
-				      "')' or the end of the line",
+				      "followed by byte 0x%02x, not by a "
+				      "space, ')' or the end of the line",
 				      open - parser->rstart,
 				      (unsigned char)buf[next]);
 		return IMAP_PARSER_TOK_SYNTAX;
@@ -772,14 +772,14 @@ static int imap_parser_args(struct imap_parser_tok_ctx *t, size_t *first_r,
 		else if (imap_parser_is_atom_char(c, t->code))
 			ret = imap_parser_atom(t);
 		else {
-			imap_parser_set_error(parser,
-					      "unexpected %s 0x%02x ('%c') at "
-					      "byte %zu of the response",
-					      imap_parser_is_ctl(c)
-						      ? "control character"
-						      : "character",
-					      c, imap_parser_is_ctl(c) ? '?' : c,
-					      t->pos - parser->rstart);
+			bool ctl = imap_parser_is_ctl(c);
+
+			imap_parser_set_error(
+				parser,
+				"unexpected %s 0x%02x ('%c') at byte %zu of "
+				"the response",
+				ctl ? "control character" : "character", c,
+				ctl ? '?' : c, t->pos - parser->rstart);
 			ret = IMAP_PARSER_TOK_SYNTAX;
 		}
 		if (ret < 0)

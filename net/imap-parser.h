@@ -5,8 +5,16 @@
  * response is one server line plus the literals it announces ({n} or
  * {n+} / {n-} before CRLF), parsed into a tree of arguments.  Every length
  * the server sends is checked against the limits before anything is
- * allocated, so a hostile server cannot grow memory beyond
- * max_literal + max_line per response.
+ * allocated, so a hostile server cannot grow memory beyond max_response
+ * per response (callers feed more only after imap_parser_next() said it
+ * needs more).
+ *
+ * Details: status and continuation responses are always one line (no
+ * literal in a response code); a response code that does not parse as
+ * arguments becomes its name atom plus one raw string; ']' is accepted in
+ * atoms outside codes (a mailbox may be called "a]b"); empty lines are
+ * skipped; a literal must be followed by a space, ')' or the line end;
+ * literal8 (~{n}) comes out as a LITERAL; data responses have text "".
  *
  * Syntax handled: tags, "*", "+" continuations; atoms (including flags like
  * \Seen and \*, and fetch keys with sections such as BODY[] BODY[HEADER]
@@ -94,8 +102,8 @@ struct imap_parser;
 struct imap_parser *imap_parser_new(const struct imap_parser_limits *limits);
 void imap_parser_free(struct imap_parser **parser);
 
-/* Append input.  Returns 0, or -1 when the parser has already failed (see
- * imap_parser_next).  Input is copied; the caller's buffer can be reused. */
+/* Append input.  Returns 0, or -1 when the parser has failed, already or
+ * because of these bytes (see imap_parser_next).  Input is copied; the caller's buffer can be reused. */
 int imap_parser_feed(struct imap_parser *parser, const void *data, size_t len);
 
 /* Take the next complete response.
@@ -123,7 +131,8 @@ size_t imap_parser_literal_remaining(const struct imap_parser *parser);
 bool imap_arg_atom_is(const struct imap_arg *arg, const char *s);
 /* ATOM made only of digits, fitting in uint64_t. */
 bool imap_arg_number(const struct imap_arg *arg, uint64_t *n_r);
-/* STRING, LITERAL or ATOM ("astring"): its bytes; NIL gives NULL. */
+/* STRING, LITERAL or ATOM ("astring"): its bytes; NIL gives true with
+ * *s_r = NULL. */
 bool imap_arg_astring(const struct imap_arg *arg, const char **s_r,
 		      size_t *len_r);
 /* STRING, LITERAL or NIL ("nstring"): NIL gives *s_r = NULL. */
