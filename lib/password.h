@@ -17,8 +17,10 @@ struct password_opts {
 
 /* Find the password for url.  Returns 0 with *password_r (caller frees with
  * password_free), or -1 with *error_r: a one-line message naming what failed
- * and what to do.  A keyring that is not running is skipped with a one-line
- * note on stderr (only when it is the last resort before failing). */
+ * and what to do, valid until the next call into password.c from this
+ * thread.  A keyring that is not running is skipped; the final "no
+ * password" error then says so.  Must run before daemonizing: libsecret's
+ * D-Bus thread does not survive fork(). */
 int password_get(const struct url *url, const struct password_opts *opts,
 		 char **password_r, const char **error_r);
 

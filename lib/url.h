@@ -10,7 +10,7 @@ struct url {
 	enum url_proto proto;
 	bool implicit_tls; /* imaps/pop3s; else STARTTLS/STLS is required */
 	char *user;        /* percent-decoded; may contain '@' as %40 */
-	char *host;        /* without brackets for IPv6 literals */
+	char *host;        /* lowercase; without brackets for IPv6 literals */
 	int port;          /* default 993/143/995/110 when not given */
 	char *scheme;      /* "imaps", "imap", "pop3s" or "pop3" */
 };

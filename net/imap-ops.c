@@ -1,0 +1,742 @@
+/* imap-ops.c: the operations table of SPEC.md, mount to server.  Each
+ * operation returns only after the server confirmed it, and the cache shows
+ * the new state before the caller is told. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "imap-store-private.h"
+#include "log.h"
+#include "mutf7.h"
+
+/* ---- changes ---- */
+
+/* A server's NO, by its response code (RFC 5530). */
+static enum store_error refusal(struct imap_client *c)
+{
+	const char *code = imap_client_code(c);
+
+	if (!strcasecmp(code, "OVERQUOTA") || !strcasecmp(code, "LIMIT"))
+		return STORE_ERR_QUOTA;
+	if (!strcasecmp(code, "NONEXISTENT"))
+		return STORE_ERR_NOTFOUND;
+	if (!strcasecmp(code, "NOPERM"))
+		return STORE_ERR_PERM;
+	return STORE_ERR_REFUSED;
+}
+
+/* A command's outcome as a store_error, logging refusals. */
+static enum store_error outcome(struct worker *w, int r, const char *what)
+{
+	if (r == IMAP_RESULT_OK)
+		return STORE_OK;
+	if (r < 0) {
+		log_warn("%s: %s", what, imap_client_error(w->client));
+		return STORE_ERR_IO;
+	}
+	log_warn("%s refused by the server: %s", what, imap_client_text(w->client));
+	return refusal(w->client);
+}
+
+/* SELECT (read-write) the folder unless it already is. */
+static enum store_error select_rw(struct worker *w, int64_t folder_id, struct cache_folder *f_r)
+{
+	struct examine_ctx e;
+	char *q;
+	int r;
+
+	if (cache_folder_get(w->s->cache, folder_id, f_r) < 0)
+		return STORE_ERR_NOTFOUND;
+	if (w->selected == folder_id && w->selected_rw)
+		return STORE_OK;
+	q = imap_quote(f_r->server_name);
+	if (!q)
+		return STORE_ERR_IO;
+	memset(&e, 0, sizeof(e));
+	w->selected = 0;
+	r = imap_client_run(w->client, imap_sync_on_examine, &e, "SELECT %s", q);
+	free(q);
+	if (r == IMAP_RESULT_OK) {
+		w->selected = folder_id;
+		w->selected_rw = true;
+	}
+	return outcome(w, r, f_r->server_name);
+}
+
+/* Expunge exactly one UID of the selected folder: UID EXPUNGE where the
+ * server has UIDPLUS; otherwise EXPUNGE with the \Deleted flags that other
+ * clients set lifted for the moment, so that only ours goes. */
+static enum store_error expunge_one(struct worker *w, uint32_t uid)
+{
+	struct meta_ctx mc = { .s = w->s };
+	enum store_error e;
+	int t1, t2, r;
+
+	if (imap_client_caps(w->client) & IMAP_CAP_UIDPLUS) {
+		t1 = imap_client_send(w->client, "UID STORE %u +FLAGS.SILENT (\\Deleted)", uid);
+		t2 = imap_client_send(w->client, "UID EXPUNGE %u", uid);
+		if (t1 < 0 || t2 < 0)
+			return outcome(w, t1 < 0 ? t1 : t2, "expunge");
+		r = imap_client_wait(w->client, t1, NULL, NULL);
+		if (r < 0)
+			return outcome(w, r, "expunge");
+		e = outcome(w, r, "store \\Deleted");
+		r = imap_client_wait(w->client, t2, NULL, NULL);
+		return e != STORE_OK ? e : outcome(w, r, "expunge");
+	}
+	r = imap_client_run(w->client, imap_sync_on_meta, &mc, "UID SEARCH DELETED");
+	if ((e = outcome(w, r, "search")) != STORE_OK)
+		goto out;
+	char *set = NULL;
+	size_t setlen = 0;
+	FILE *f = open_memstream(&set, &setlen);
+	for (size_t i = 0; f && i < mc.nseen; i++)
+		if (mc.seen[i] != uid)
+			fprintf(f, "%s%u", ftell(f) ? "," : "", mc.seen[i]);
+	if (f)
+		fclose(f);
+	if (set && *set) {
+		r = imap_client_run(w->client, NULL, NULL, "UID STORE %s -FLAGS.SILENT (\\Deleted)", set);
+		if ((e = outcome(w, r, "store")) != STORE_OK)
+			goto out_set;
+	}
+	r = imap_client_run(w->client, NULL, NULL, "UID STORE %u +FLAGS.SILENT (\\Deleted)", uid);
+	if ((e = outcome(w, r, "store \\Deleted")) == STORE_OK) {
+		r = imap_client_run(w->client, NULL, NULL, "EXPUNGE");
+		e = outcome(w, r, "expunge");
+	}
+	if (set && *set)
+		imap_client_run(w->client, NULL, NULL, "UID STORE %s +FLAGS.SILENT (\\Deleted)", set);
+out_set:
+	free(set);
+out:
+	free(mc.seen);
+	return e;
+}
+
+/* "COPYUID uidvalidity src dst" for one message: the new UID, or 0. */
+static uint32_t copyuid_dst(const char *args, uint32_t dst_validity)
+{
+	unsigned long v, src, dst;
+	char tail;
+
+	if (sscanf(args, "%lu %lu %lu%c", &v, &src, &dst, &tail) != 3)
+		return 0;
+	if (dst_validity && v != dst_validity)
+		return 0;
+	return dst > 0 && dst <= UINT32_MAX ? (uint32_t)dst : 0;
+}
+
+struct moved_ctx {
+	char args[256];
+};
+
+/* MOVE reports COPYUID in an untagged OK before the expunges. */
+static void on_moved(void *ctx, const struct imap_response *r)
+{
+	struct moved_ctx *m = ctx;
+
+	if (r->kind == IMAP_RESP_UNTAGGED && r->status == IMAP_STATUS_OK &&
+	    r->code_count > 0 && imap_arg_atom_is(&r->code[0], "COPYUID"))
+		imap_code_args(r, m->args, sizeof(m->args));
+}
+
+/* Make sure the destination's listing is in the cache before a message
+ * is added to it by UID: otherwise a later sync, seeing a known maximum
+ * UID, would never fetch the older ones. */
+static void ensure_synced(struct worker *w, int64_t folder_id)
+{
+	struct cache_folder f;
+	bool never = true;
+
+	if (cache_folder_get(w->s->cache, folder_id, &f) == 0) {
+		never = f.uidvalidity == 0;
+		cache_folder_clear(&f);
+	}
+	if (never)
+		imap_sync_folder(w, folder_id);
+}
+
+static enum store_error op_move_do(struct worker *w, struct op *op);
+
+static enum store_error op_remove(struct worker *w, struct op *op)
+{
+	struct istore *s = w->s;
+	struct cache_folder f;
+	struct cache_msg m;
+	enum store_error e;
+
+	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
+		return STORE_ERR_NOTFOUND;
+	e = select_rw(w, op->folder_id, &f);
+	if (e != STORE_OK)
+		goto out;
+	if (s->delete_trash && s->trash_id && s->trash_id != op->folder_id) {
+		struct cache_folder t;
+
+		if (cache_folder_get(s->cache, s->trash_id, &t) == 0) {
+			/* rm with delete=trash is a move to Trash. */
+			struct op mv = { .kind = OP_MOVE, .folder_id = op->folder_id, .uid = op->uid,
+					 .to_folder_id = s->trash_id, .name = m.name };
+			cache_folder_clear(&t);
+			cache_folder_clear(&f);
+			e = op_move_do(w, &mv);
+			cache_msg_clear(&m);
+			return e;
+		}
+	}
+	e = expunge_one(w, op->uid);
+	if (e == STORE_OK) {
+		cache_msg_delete(s->cache, op->folder_id, op->uid);
+		imap_store_emit_entry(s, op->folder_id, m.name);
+	}
+out:
+	cache_folder_clear(&f);
+	cache_msg_clear(&m);
+	return e;
+}
+
+static enum store_error op_move_do(struct worker *w, struct op *op)
+{
+	struct istore *s = w->s;
+	struct cache_folder f, t;
+	struct cache_msg m;
+	struct moved_ctx mc = { "" };
+	enum store_error e;
+	uint32_t newuid = 0;
+	char *q;
+	int r;
+
+	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
+		return STORE_ERR_NOTFOUND;
+	if (cache_folder_get(s->cache, op->to_folder_id, &t) < 0) {
+		cache_msg_clear(&m);
+		return STORE_ERR_NOTFOUND;
+	}
+	if (t.flags & CACHE_FOLDER_NOSELECT) {
+		cache_msg_clear(&m);
+		cache_folder_clear(&t);
+		return STORE_ERR_PERM;
+	}
+	ensure_synced(w, op->to_folder_id);
+	cache_folder_clear(&t);
+	cache_folder_get(s->cache, op->to_folder_id, &t);
+	e = select_rw(w, op->folder_id, &f);
+	if (e != STORE_OK)
+		goto out;
+	q = imap_quote(t.server_name);
+	if (!q) {
+		e = STORE_ERR_IO;
+		goto out;
+	}
+	if (imap_client_caps(w->client) & IMAP_CAP_MOVE) {
+		r = imap_client_run(w->client, on_moved, &mc, "UID MOVE %u %s", op->uid, q);
+		e = outcome(w, r, "move");
+		if (e == STORE_OK && !mc.args[0] && !strcasecmp(imap_client_code(w->client), "COPYUID"))
+			snprintf(mc.args, sizeof(mc.args), "%s", imap_client_code_args(w->client));
+	} else {
+		/* Copy first, then expunge: the message is never nowhere. */
+		r = imap_client_run(w->client, NULL, NULL, "UID COPY %u %s", op->uid, q);
+		e = outcome(w, r, "copy");
+		if (e == STORE_OK) {
+			if (!strcasecmp(imap_client_code(w->client), "COPYUID"))
+				snprintf(mc.args, sizeof(mc.args), "%s", imap_client_code_args(w->client));
+			e = expunge_one(w, op->uid);
+		}
+	}
+	free(q);
+	if (e != STORE_OK)
+		goto out;
+	newuid = copyuid_dst(mc.args, t.uidvalidity);
+	if (newuid && cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, newuid,
+				     op->name) == 0) {
+		imap_store_emit_entry(s, op->folder_id, m.name);
+		imap_store_emit_entry(s, op->to_folder_id, op->name);
+	} else {
+		/* No COPYUID: the destination's next sync finds it (under a
+		 * name of our making). */
+		cache_msg_delete(s->cache, op->folder_id, op->uid);
+		imap_store_emit_entry(s, op->folder_id, m.name);
+		imap_sync_folder(w, op->to_folder_id);
+	}
+out:
+	cache_folder_clear(&f);
+	cache_folder_clear(&t);
+	cache_msg_clear(&m);
+	return e;
+}
+
+/* The server's name for a new folder `name` under parent_id. */
+static char *child_server_name(struct istore *s, int64_t parent_id, const char *name)
+{
+	struct cache_folder p;
+	char *enc = NULL, *full = NULL;
+
+	if (strchr(name, s->delim) || mutf7_encode(name, &enc) < 0)
+		return NULL;
+	if (parent_id == 0)
+		return enc;
+	if (cache_folder_get(s->cache, parent_id, &p) == 0) {
+		if (asprintf(&full, "%s%c%s", p.server_name, s->delim, enc) < 0)
+			full = NULL;
+		cache_folder_clear(&p);
+	}
+	free(enc);
+	return full;
+}
+
+static enum store_error op_mkdir(struct worker *w, struct op *op)
+{
+	struct istore *s = w->s;
+	char *server = child_server_name(s, op->folder_id, op->name), *q;
+	enum store_error e;
+	int64_t id;
+	int r;
+
+	if (!server)
+		return STORE_ERR_PERM;
+	q = imap_quote(server);
+	r = q ? imap_client_run(w->client, NULL, NULL, "CREATE %s", q) : -EINVAL;
+	e = outcome(w, r, "create folder");
+	if (e == STORE_OK) {
+		imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", q);
+		if (cache_folder_put(s->cache, op->folder_id, op->name, server, 0, &id) == 0) {
+			imap_store_emit_entry(s, op->folder_id, op->name);
+			pthread_mutex_lock(&s->lock);
+			struct fstate *fs = imap_store_fstate(s, id);
+			if (fs)
+				fs->ready = true; /* new and empty */
+			pthread_mutex_unlock(&s->lock);
+		}
+	} else if (!strcasecmp(imap_client_code(w->client), "ALREADYEXISTS")) {
+		e = STORE_ERR_REFUSED;
+	}
+	free(q);
+	free(server);
+	return e;
+}
+
+struct count_ctx {
+	uint64_t messages;
+	bool got;
+};
+
+static void on_status(void *ctx, const struct imap_response *r)
+{
+	struct count_ctx *c = ctx;
+
+	if (r->args_count == 3 && imap_arg_atom_is(&r->args[0], "STATUS") &&
+	    r->args[2].type == IMAP_ARG_LIST) {
+		for (size_t i = 0; i + 1 < r->args[2].len; i += 2)
+			if (imap_arg_atom_is(&r->args[2].v.items[i], "MESSAGES") &&
+			    imap_arg_number(&r->args[2].v.items[i + 1], &c->messages))
+				c->got = true;
+	}
+}
+
+static enum store_error op_rmdir(struct worker *w, struct op *op)
+{
+	struct istore *s = w->s;
+	struct cache_folder f;
+	struct count_ctx cc = { 0 };
+	enum store_error e = STORE_OK;
+	char *q;
+	int r;
+
+	if (cache_folder_get(s->cache, op->folder_id, &f) < 0)
+		return STORE_ERR_NOTFOUND;
+	q = imap_quote(f.server_name);
+	if (!q) {
+		cache_folder_clear(&f);
+		return STORE_ERR_IO;
+	}
+	if (!(f.flags & CACHE_FOLDER_NOSELECT)) {
+		r = imap_client_run(w->client, on_status, &cc, "STATUS %s (MESSAGES)", q);
+		e = outcome(w, r, "status");
+		if (e == STORE_OK && cc.got && cc.messages > 0) {
+			/* Mail arrived that the cache has not seen yet. */
+			e = STORE_ERR_REFUSED;
+			op->len = 1; /* tells the caller: not empty */
+			imap_sync_folder(w, op->folder_id);
+		}
+	}
+	if (e == STORE_OK) {
+		if (w->selected == op->folder_id) {
+			imap_client_run(w->client, NULL, NULL, "UNSELECT");
+			w->selected = 0;
+		}
+		imap_client_run(w->client, NULL, NULL, "UNSUBSCRIBE %s", q);
+		r = imap_client_run(w->client, NULL, NULL, "DELETE %s", q);
+		e = outcome(w, r, "delete folder");
+		if (e == STORE_OK) {
+			cache_folder_delete(s->cache, op->folder_id);
+			imap_store_emit_entry(s, f.parent_id, f.name);
+		}
+	}
+	free(q);
+	cache_folder_clear(&f);
+	return e;
+}
+
+static enum store_error op_rename(struct worker *w, struct op *op)
+{
+	struct istore *s = w->s;
+	struct cache_folder f;
+	char *server, *qo = NULL, *qn = NULL;
+	enum store_error e;
+	int r;
+
+	if (cache_folder_get(s->cache, op->folder_id, &f) < 0)
+		return STORE_ERR_NOTFOUND;
+	if (!strcasecmp(f.server_name, "INBOX")) {
+		/* RENAME INBOX moves its messages: not what mv means. */
+		cache_folder_clear(&f);
+		return STORE_ERR_PERM;
+	}
+	server = child_server_name(s, op->to_folder_id, op->name);
+	if (!server) {
+		cache_folder_clear(&f);
+		return STORE_ERR_PERM;
+	}
+	qo = imap_quote(f.server_name);
+	qn = imap_quote(server);
+	if (w->selected == op->folder_id) {
+		imap_client_run(w->client, NULL, NULL, "UNSELECT");
+		w->selected = 0;
+	}
+	r = qo && qn ? imap_client_run(w->client, NULL, NULL, "RENAME %s %s", qo, qn) : -EINVAL;
+	e = outcome(w, r, "rename folder");
+	if (e == STORE_OK) {
+		imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", qn);
+		if (cache_folder_rename(s->cache, op->folder_id, op->to_folder_id, op->name,
+					server, s->delim) == 0) {
+			imap_store_emit_entry(s, f.parent_id, f.name);
+			imap_store_emit_entry(s, op->to_folder_id, op->name);
+		}
+	}
+	free(qo);
+	free(qn);
+	free(server);
+	cache_folder_clear(&f);
+	return e;
+}
+
+static enum store_error op_append(struct worker *w, struct op *op)
+{
+	struct istore *s = w->s;
+	struct cache_folder f;
+	char date[64] = "", *prefix = NULL, *q;
+	enum store_error e;
+	int tag, r;
+
+	ensure_synced(w, op->folder_id);
+	if (cache_folder_get(s->cache, op->folder_id, &f) < 0)
+		return STORE_ERR_NOTFOUND;
+	if (f.flags & CACHE_FOLDER_NOSELECT) {
+		cache_folder_clear(&f);
+		return STORE_ERR_PERM;
+	}
+	if (op->mtime) {
+		static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+						   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+		struct tm tm;
+		time_t t = (time_t)op->mtime;
+
+		gmtime_r(&t, &tm);
+		snprintf(date, sizeof(date), " \"%02d-%s-%04d %02d:%02d:%02d +0000\"", tm.tm_mday,
+			 mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	}
+	q = imap_quote(f.server_name);
+	if (!q || asprintf(&prefix, "APPEND %s (\\Seen)%s", q, date) < 0) {
+		free(q);
+		cache_folder_clear(&f);
+		return STORE_ERR_IO;
+	}
+	free(q);
+	tag = imap_client_send_literal(w->client, prefix, op->data, op->len, NULL);
+	free(prefix);
+	r = tag < 0 ? tag : imap_client_wait(w->client, tag, NULL, NULL);
+	e = outcome(w, r, "append");
+	if (e == STORE_OK) {
+		uint32_t uid = 0;
+		unsigned long v, u;
+		char tail;
+
+		if (!strcasecmp(imap_client_code(w->client), "APPENDUID") &&
+		    sscanf(imap_client_code_args(w->client), "%lu %lu%c", &v, &u, &tail) == 2 &&
+		    v == f.uidvalidity && u > 0 && u <= UINT32_MAX)
+			uid = (uint32_t)u;
+		if (uid) {
+			struct cache_msg m = {
+				.folder_id = op->folder_id,
+				.uid = uid,
+				.name = op->name,
+				.size = op->len,
+				.mtime = op->mtime ? op->mtime : (int64_t)time(NULL),
+				.flags = (char *)"\\Seen",
+			};
+			char *name = NULL;
+
+			if (cache_msg_put(s->cache, &m, NULL, &name) < 0) {
+				m.name = NULL;
+				cache_msg_put(s->cache, &m, op->name, &name);
+			}
+			cache_body_store(s->cache, op->folder_id, uid, op->data, op->len);
+			imap_store_emit_entry(s, op->folder_id, name ? name : op->name);
+			free(name);
+		} else {
+			imap_sync_folder(w, op->folder_id);
+		}
+	}
+	cache_folder_clear(&f);
+	return e;
+}
+
+struct flags_ctx {
+	struct meta_ctx mc;
+	bool seen;
+};
+
+static void on_flags(void *ctx, const struct imap_response *r)
+{
+	struct flags_ctx *fc = ctx;
+
+	if (r->args_count == 3 && imap_arg_atom_is(&r->args[1], "FETCH") &&
+	    r->args[2].type == IMAP_ARG_LIST && imap_fetch_get(&r->args[2], "FLAGS"))
+		fc->seen = true;
+	imap_sync_on_meta(&fc->mc, r);
+}
+
+static enum store_error op_flags(struct worker *w, struct op *op)
+{
+	struct cache_folder f;
+	struct flags_ctx fc = { .mc = { .s = w->s, .folder_id = op->folder_id } };
+	enum store_error e;
+	char *clean = malloc(strlen(op->flags) + 1), *tok, *save = NULL, *p;
+	int r;
+
+	if (!clean)
+		return STORE_ERR_IO;
+	/* \Recent cannot be stored; the rest passes through as atoms. */
+	p = clean;
+	*p = '\0';
+	for (tok = strtok_r(op->flags, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+		if (!strcasecmp(tok, "\\Recent"))
+			continue;
+		p += sprintf(p, "%s%s", p == clean ? "" : " ", tok);
+	}
+	e = select_rw(w, op->folder_id, &f);
+	if (e == STORE_OK) {
+		r = imap_client_run(w->client, on_flags, &fc, "UID STORE %u FLAGS (%s)", op->uid, clean);
+		e = outcome(w, r, "store flags");
+		if (e == STORE_OK && !fc.seen) {
+			/* No FETCH came back: the message is gone. */
+			e = STORE_ERR_NOTFOUND;
+		}
+	}
+	cache_folder_clear(&f);
+	free(clean);
+	return e;
+}
+
+void imap_ops_run(struct worker *w, struct op *op)
+{
+	struct istore *s = w->s;
+	enum store_error e = STORE_ERR_IO;
+	const char *err;
+
+	if (!w->client || !imap_client_alive(w->client)) {
+		if (imap_store_connect(w, &err) < 0) {
+			log_warn("%s", err);
+			imap_store_set_online(s, false);
+			goto done;
+		}
+	}
+	imap_store_set_online(s, true);
+	switch (op->kind) {
+	case OP_REMOVE:
+		e = op_remove(w, op);
+		break;
+	case OP_MOVE:
+		e = op_move_do(w, op);
+		break;
+	case OP_MKDIR:
+		e = op_mkdir(w, op);
+		break;
+	case OP_RMDIR:
+		e = op_rmdir(w, op);
+		break;
+	case OP_RENAME:
+		e = op_rename(w, op);
+		break;
+	case OP_APPEND:
+		e = op_append(w, op);
+		break;
+	case OP_FLAGS:
+		e = op_flags(w, op);
+		break;
+	}
+done:
+	op->done(op->ctx, e, op->kind == OP_RMDIR && op->len == 1);
+	free(op->name);
+	free(op->flags);
+	free(op->data);
+	free(op);
+}
+
+static void queue_op(struct istore *s, struct op *op)
+{
+	struct job *j;
+
+	pthread_mutex_lock(&s->lock);
+	j = imap_store_enqueue(s, JOB_OP, op->folder_id, op->uid, true);
+	if (j)
+		j->op = op;
+	pthread_mutex_unlock(&s->lock);
+	if (!j) {
+		op->done(op->ctx, STORE_ERR_IO, false);
+		free(op->name);
+		free(op->flags);
+		free(op->data);
+		free(op);
+	}
+}
+
+static struct op *new_op(enum op_kind kind, int64_t folder_id, uint32_t uid,
+			 store_done_fn *done, void *ctx)
+{
+	struct op *op = calloc(1, sizeof(*op));
+
+	if (!op) {
+		done(ctx, STORE_ERR_IO, false);
+		return NULL;
+	}
+	op->kind = kind;
+	op->folder_id = folder_id;
+	op->uid = uid;
+	op->done = done;
+	op->ctx = ctx;
+	return op;
+}
+
+void imap_ops_remove(struct store *base, int64_t folder_id, uint32_t uid,
+			  store_done_fn *done, void *ctx)
+{
+	struct op *op = new_op(OP_REMOVE, folder_id, uid, done, ctx);
+
+	if (op)
+		queue_op((struct istore *)base, op);
+}
+
+void imap_ops_move(struct store *base, int64_t folder_id, uint32_t uid,
+			int64_t to_folder_id, const char *name, store_done_fn *done, void *ctx)
+{
+	struct op *op = new_op(OP_MOVE, folder_id, uid, done, ctx);
+
+	if (!op)
+		return;
+	op->to_folder_id = to_folder_id;
+	op->name = strdup(name);
+	queue_op((struct istore *)base, op);
+}
+
+void imap_ops_mkdir(struct store *base, int64_t parent_id, const char *name,
+			 store_done_fn *done, void *ctx)
+{
+	struct op *op = new_op(OP_MKDIR, parent_id, 0, done, ctx);
+
+	if (!op)
+		return;
+	op->name = strdup(name);
+	queue_op((struct istore *)base, op);
+}
+
+void imap_ops_rmdir(struct store *base, int64_t folder_id, store_done_fn *done, void *ctx)
+{
+	struct op *op = new_op(OP_RMDIR, folder_id, 0, done, ctx);
+
+	if (op)
+		queue_op((struct istore *)base, op);
+}
+
+void imap_ops_rename_folder(struct store *base, int64_t folder_id, int64_t new_parent_id,
+				 const char *new_name, store_done_fn *done, void *ctx)
+{
+	struct op *op = new_op(OP_RENAME, folder_id, 0, done, ctx);
+
+	if (!op)
+		return;
+	op->to_folder_id = new_parent_id;
+	op->name = strdup(new_name);
+	queue_op((struct istore *)base, op);
+}
+
+/* The message as IMAP wants it: every line ending CRLF. */
+static char *read_crlf(int fd, size_t *len_r)
+{
+	struct stat st;
+	char *in, *out;
+	size_t n = 0, o = 0;
+
+	if (fstat(fd, &st) < 0 || st.st_size > (off_t)APPEND_MAX)
+		return NULL;
+	in = malloc((size_t)st.st_size + 1);
+	if (!in)
+		return NULL;
+	while (n < (size_t)st.st_size) {
+		ssize_t r = pread(fd, in + n, (size_t)st.st_size - n, (off_t)n);
+
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+	}
+	out = malloc(2 * n + 1);
+	if (!out) {
+		free(in);
+		return NULL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (in[i] == '\n' && (i == 0 || in[i - 1] != '\r'))
+			out[o++] = '\r';
+		out[o++] = in[i];
+	}
+	free(in);
+	*len_r = o;
+	return out;
+}
+
+void imap_ops_append(struct store *base, int64_t folder_id, const char *name, int fd,
+			  int64_t mtime, store_done_fn *done, void *ctx)
+{
+	struct op *op = new_op(OP_APPEND, folder_id, 0, done, ctx);
+
+	if (!op)
+		return;
+	op->name = strdup(name);
+	op->mtime = mtime;
+	op->data = read_crlf(fd, &op->len);
+	if (!op->data || !op->name) {
+		done(ctx, op->data ? STORE_ERR_IO : STORE_ERR_QUOTA, false);
+		free(op->name);
+		free(op->data);
+		free(op);
+		return;
+	}
+	queue_op((struct istore *)base, op);
+}
+
+void imap_ops_set_flags(struct store *base, int64_t folder_id, uint32_t uid,
+			     const char *flags, store_done_fn *done, void *ctx)
+{
+	struct op *op = new_op(OP_FLAGS, folder_id, uid, done, ctx);
+
+	if (!op)
+		return;
+	op->flags = strdup(flags);
+	queue_op((struct istore *)base, op);
+}
+

@@ -1,0 +1,210 @@
+/* imap-store-private.h: what the IMAP engine's files share.
+ *
+ * imap-store.c  the job queue, workers, poller and the store_ops glue
+ * imap-sync.c   LIST and folder synchronisation (metadata, expunges, flags)
+ * imap-fetch.c  message bodies, with read-ahead
+ * imap-ops.c    changes made through the mount (the operations table)
+ * imap-idle.c   IDLE connections that notice server changes at once
+ *
+ * Locking: istore.lock protects the fields marked "lock" below; it is never
+ * held across network I/O or while calling back into fs/.  A worker's
+ * client belongs to that worker's thread alone. */
+#ifndef MAILFS_IMAP_STORE_PRIVATE_H
+#define MAILFS_IMAP_STORE_PRIVATE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache.h"
+#include "imap-client.h"
+#include "imap-store.h"
+
+#define READAHEAD_COUNT 48
+#define READAHEAD_BYTES (16u << 20)
+#define MAX_WORKERS 8
+#define APPEND_MAX (256u << 20) /* bytes of one message written into the mount */
+
+enum job_kind { JOB_LIST, JOB_SYNC, JOB_FETCH, JOB_OP };
+
+enum op_kind { OP_REMOVE, OP_MOVE, OP_MKDIR, OP_RMDIR, OP_RENAME, OP_APPEND, OP_FLAGS };
+
+/* A change asked for through the mount; someone waits for its result. */
+struct op {
+	enum op_kind kind;
+	int64_t folder_id;
+	uint32_t uid;
+	int64_t to_folder_id; /* MOVE, RENAME: destination parent */
+	char *name;           /* MOVE, MKDIR, RENAME, APPEND: the new name */
+	char *flags;          /* FLAGS */
+	char *data;           /* APPEND: the message, CRLF line ends */
+	size_t len;
+	int64_t mtime;
+	store_done_fn *done;
+	void *ctx;
+};
+
+struct job {
+	enum job_kind kind;
+	bool urgent;
+	int64_t folder_id;
+	uint32_t uid;
+	struct op *op;
+	bool prefetch; /* JOB_FETCH: the window after uid, nobody waits */
+	struct job *next;
+};
+
+struct waiter {
+	store_done_fn *done;
+	void *ctx;
+	struct waiter *next;
+};
+
+/* Per-folder state of this session. */
+struct fstate {
+	bool ready;   /* synced at least once this session */
+	bool queued;  /* a JOB_SYNC is in the queue */
+	bool syncing; /* a worker runs its sync now */
+	struct waiter *waiters;
+};
+
+/* A body being fetched; waiters are called when it lands. */
+struct inflight {
+	int64_t folder_id;
+	uint32_t uid;
+	struct waiter *waiters;
+	struct inflight *next;
+};
+
+struct istore;
+
+struct worker {
+	struct istore *s;
+	int index;
+	pthread_t thread;
+	struct imap_client *client;
+	int64_t selected; /* folder EXAMINEd on this connection, 0: none */
+	bool selected_rw; /* ... and SELECTed read-write */
+};
+
+/* A connection that IDLEs on one folder and queues a sync of it when the
+ * server says something changed there. */
+struct idler {
+	struct istore *s;
+	pthread_t thread;
+	struct imap_client *client;
+	bool follow_recent; /* the folder used last; else INBOX */
+	bool started;
+};
+
+struct istore {
+	struct store base;
+	struct url url;
+	char *password;
+	char *cafile;
+	bool insecure;
+	bool names_uid;
+	bool ro;
+	bool delete_trash;
+	char delim;       /* the hierarchy delimiter LIST reported */
+	int64_t trash_id; /* the \Trash special-use folder, 0: none */
+	unsigned poll_seconds;
+	unsigned nworkers;
+	struct cache *cache;
+	char server[256];
+	struct store_events ev;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;      /* queue not empty / stopping */
+	pthread_cond_t poll_cond; /* poller wake-up */
+	/* Everything below is protected by lock. */
+	struct job *queue_head, *queue_tail;
+	struct fstate **fst;
+	size_t fst_len;
+	struct inflight *inflight;
+	bool stopping;
+	bool poll_asked;
+	bool online;
+	int64_t last_sync;
+	uint64_t fetches;
+
+	int64_t inbox_id;  /* lock */
+	int64_t recent_id; /* lock: the folder used last through the mount */
+	pthread_cond_t idle_cond; /* recent_id changed / stopping */
+
+	struct worker workers[MAX_WORKERS];
+	struct idler idlers[2];
+	pthread_t poller;
+	bool started;
+};
+
+struct examine_ctx {
+	uint32_t uidvalidity, uidnext, exists;
+	uint64_t highestmodseq;
+	bool nomodseq;
+};
+
+/* A new message's metadata, waiting to be written with others in one
+ * transaction: one per message would cost a commit each. */
+struct meta_pending {
+	struct cache_msg m;
+	char *base;
+};
+
+#define META_BATCH 500
+
+struct meta_ctx {
+	struct istore *s;
+	int64_t folder_id;
+	uint32_t min_uid;  /* ignore UIDs below (the "N:*" quirk) */
+	bool only_flags;
+	uint32_t *seen;    /* UIDs present (UID SEARCH) */
+	size_t nseen, capseen;
+	size_t added;
+	struct meta_pending pending[META_BATCH];
+	size_t npending;
+};
+
+/* imap-store.c */
+struct job *imap_store_enqueue(struct istore *s, enum job_kind kind, int64_t folder_id,
+			   uint32_t uid, bool urgent);
+void imap_store_queue_sync(struct istore *s, int64_t folder_id, bool urgent);
+void imap_store_emit_entry(struct istore *s, int64_t folder_id, const char *name);
+void imap_store_emit_message(struct istore *s, int64_t folder_id, uint32_t uid);
+int imap_store_connect(struct worker *w, const char **error_r);
+void imap_store_set_online(struct istore *s, bool online);
+struct fstate *imap_store_fstate(struct istore *s, int64_t id);
+void imap_store_call_waiters(struct waiter *w, enum store_error err, bool changed);
+bool imap_store_add_waiter(struct waiter **list, store_done_fn *done, void *ctx);
+
+/* imap-sync.c */
+int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r);
+int imap_sync_folder(struct worker *w, int64_t folder_id);
+int imap_sync_select(struct worker *w, const struct cache_folder *f,
+			 struct examine_ctx *e_r);
+void imap_sync_on_examine(void *ctx, const struct imap_response *r);
+void imap_sync_on_meta(void *ctx, const struct imap_response *r);
+
+/* imap-fetch.c */
+int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool prefetch);
+
+/* imap-ops.c */
+void imap_ops_run(struct worker *w, struct op *op);
+void imap_ops_remove(struct store *base, int64_t folder_id, uint32_t uid,
+			  store_done_fn *done, void *ctx);
+void imap_ops_move(struct store *base, int64_t folder_id, uint32_t uid,
+			int64_t to_folder_id, const char *name, store_done_fn *done, void *ctx);
+void imap_ops_mkdir(struct store *base, int64_t parent_id, const char *name,
+			 store_done_fn *done, void *ctx);
+void imap_ops_rmdir(struct store *base, int64_t folder_id, store_done_fn *done, void *ctx);
+void imap_ops_rename_folder(struct store *base, int64_t folder_id, int64_t new_parent_id,
+				 const char *new_name, store_done_fn *done, void *ctx);
+void imap_ops_append(struct store *base, int64_t folder_id, const char *name, int fd,
+			  int64_t mtime, store_done_fn *done, void *ctx);
+void imap_ops_set_flags(struct store *base, int64_t folder_id, uint32_t uid,
+			     const char *flags, store_done_fn *done, void *ctx);
+
+/* imap-idle.c */
+void *imap_idle_main(void *arg);
+
+#endif
