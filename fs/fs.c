@@ -1381,19 +1381,12 @@ static void mfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	/* Messages are immutable; times and modes are the server's.  Tools
-	 * that copy attributes (cp -p, rsync -a) set them anyway: accept a
-	 * no-op for times and modes, refuse a change of content. */
+	/* Messages are immutable; times, modes and owners are the mount's.
+	 * Tools that copy attributes (cp -p, rsync -a) set them anyway:
+	 * accept those as no-ops, refuse only a change of content. */
 	if (to_set & FUSE_SET_ATTR_SIZE) {
 		fuse_reply_err(req, S_ISDIR(st.st_mode) ? EISDIR : EACCES);
 		return;
-	}
-	if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
-		if (((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != st.st_uid) ||
-		    ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != st.st_gid)) {
-			fuse_reply_err(req, EPERM);
-			return;
-		}
 	}
 	fuse_reply_attr(req, &st, TIMEOUT);
 }
