@@ -330,6 +330,7 @@ struct parked {
 	fuse_ino_t ino;
 	int64_t folder_id;
 	uint32_t uid;
+	int64_t to_folder_id; /* rename */
 	size_t size;
 	off_t off;
 	bool plus;
@@ -1513,6 +1514,47 @@ static void mfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	m->store->ops->remove(m->store, folder, uid, done_reply_err, p);
 }
 
+/* Rename message p->uid of p->folder_id to p->name in p->to_folder_id,
+ * replying to p->req. */
+static void rename_msg(struct parked *p)
+{
+	struct mfs *m = p->m;
+	struct cache_msg old;
+
+	if (p->folder_id != p->to_folder_id) {
+		m->store->ops->move(m->store, p->folder_id, p->uid, p->to_folder_id, p->name,
+				    done_reply_err, p);
+		return;
+	}
+	/* The name is ours, not the server's: rename locally. */
+	if (cache_msg_get(m->cache, p->folder_id, p->uid, &old) < 0) {
+		fuse_reply_err(p->req, ENOENT);
+		free(p);
+		return;
+	}
+	int r = cache_msg_rename(m->cache, p->folder_id, p->uid, p->name);
+	if (r == 0) {
+		note_push(m, folder_ino(p->folder_id), old.name, 0);
+		note_push(m, folder_ino(p->folder_id), p->name, 0);
+	}
+	cache_msg_clear(&old);
+	fuse_reply_err(p->req, r < 0 ? -r : 0);
+	free(p);
+}
+
+static void rename_victim_gone(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+
+	(void)changed;
+	if (err != STORE_OK && err != STORE_ERR_NOTFOUND) {
+		fuse_reply_err(p->req, store_errno(err));
+		free(p);
+		return;
+	}
+	rename_msg(p);
+}
+
 static void mfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       fuse_ino_t newparent, const char *newname, unsigned int flags)
 {
@@ -1534,17 +1576,21 @@ static void mfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	/* Never replace: a replaced message or folder would be deleted on
-	 * the server, which a rename must not do behind the user's back. */
+	/* A folder is never replaced (its mail would go); a message only
+	 * the way rename(2) says, by removing the one that had the name. */
 	if (cache_folder_lookup(m->cache, to, newname, &dst) == 0) {
 		cache_folder_clear(&dst);
 		fuse_reply_err(req, EEXIST);
 		return;
 	}
+	uint32_t victim = 0;
 	if (to != 0 && cache_msg_lookup(m->cache, to, newname, &msg) == 0) {
+		victim = msg.uid;
 		cache_msg_clear(&msg);
-		fuse_reply_err(req, EEXIST);
-		return;
+		if (flags & RENAME_NOREPLACE) {
+			fuse_reply_err(req, EEXIST);
+			return;
+		}
 	}
 	if (cache_folder_lookup(m->cache, from, name, &f) == 0) {
 		int64_t id = f.id;
@@ -1587,25 +1633,26 @@ static void mfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	if (from == to) {
-		/* The name is ours, not the server's: rename locally. */
-		int r = cache_msg_rename(m->cache, from, uid, newname);
-
-		if (r == 0) {
-			note_push(m, folder_ino(from), name, 0);
-			note_push(m, folder_ino(from), newname, 0);
-		}
-		fuse_reply_err(req, r < 0 ? -r : 0);
+	if (from == to && victim == uid) {
+		fuse_reply_err(req, 0); /* rename to itself */
 		return;
 	}
-	if (ro_or(m, req, m->store->ops->move != NULL))
+	if (from != to && ro_or(m, req, m->store->ops->move != NULL))
 		return;
-	struct parked *p = park(req, parent, name);
+	if (victim && ro_or(m, req, m->store->ops->remove != NULL))
+		return;
+	struct parked *p = park(req, newparent, newname);
 	if (!p) {
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	m->store->ops->move(m->store, from, uid, to, newname, done_reply_err, p);
+	p->folder_id = from;
+	p->uid = uid;
+	p->to_folder_id = to;
+	if (victim)
+		m->store->ops->remove(m->store, to, victim, rename_victim_gone, p);
+	else
+		rename_msg(p);
 }
 
 static void mfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,

@@ -110,6 +110,7 @@ static const struct {
 	{ "ENABLE", IMAP_CAP_ENABLE },
 	{ "ESEARCH", IMAP_CAP_ESEARCH },
 	{ "IMAP4rev1", IMAP_CAP_IMAP4REV1 },
+	{ "UNSELECT", IMAP_CAP_UNSELECT },
 };
 
 /* Capabilities come as a list of atoms, either in "* CAPABILITY ..." or

@@ -35,6 +35,7 @@
 #define IMAP_CAP_ESEARCH       (1u << 12)
 #define IMAP_CAP_LITERALMINUS  (1u << 13)
 #define IMAP_CAP_IMAP4REV1     (1u << 14)
+#define IMAP_CAP_UNSELECT      (1u << 15)
 
 struct imap_client_opts {
 	const struct url *url;

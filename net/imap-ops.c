@@ -74,19 +74,30 @@ static enum store_error expunge_one(struct worker *w, uint32_t uid)
 {
 	struct meta_ctx mc = { .s = w->s };
 	enum store_error e;
-	int t1, t2, r;
+	int r;
 
 	if (imap_client_caps(w->client) & IMAP_CAP_UIDPLUS) {
-		t1 = imap_client_send(w->client, "UID STORE %u +FLAGS.SILENT (\\Deleted)", uid);
-		t2 = imap_client_send(w->client, "UID EXPUNGE %u", uid);
-		if (t1 < 0 || t2 < 0)
-			return outcome(w, t1 < 0 ? t1 : t2, "expunge");
-		r = imap_client_wait(w->client, t1, NULL, NULL);
-		if (r < 0)
-			return outcome(w, r, "expunge");
-		e = outcome(w, r, "store \\Deleted");
-		r = imap_client_wait(w->client, t2, NULL, NULL);
-		return e != STORE_OK ? e : outcome(w, r, "expunge");
+		/* One at a time, then check: a server may leave a UID EXPUNGE
+		 * pipelined behind its STORE undone (seen with Dovecot 2.3
+		 * while another session's expunge was pending). */
+		r = imap_client_run(w->client, NULL, NULL, "UID STORE %u +FLAGS.SILENT (\\Deleted)", uid);
+		if ((e = outcome(w, r, "store \\Deleted")) != STORE_OK)
+			goto out;
+		for (int attempt = 0; attempt < 3; attempt++) {
+			r = imap_client_run(w->client, NULL, NULL, "UID EXPUNGE %u", uid);
+			if ((e = outcome(w, r, "expunge")) != STORE_OK)
+				goto out;
+			mc.nseen = 0;
+			r = imap_client_run(w->client, imap_sync_on_meta, &mc, "UID SEARCH UID %u", uid);
+			if ((e = outcome(w, r, "search")) != STORE_OK)
+				goto out;
+			if (mc.nseen == 0)
+				goto out;
+			imap_client_run(w->client, NULL, NULL, "NOOP");
+		}
+		log_warn("the server keeps UID %u after expunging it", uid);
+		e = STORE_ERR_IO;
+		goto out;
 	}
 	r = imap_client_run(w->client, imap_sync_on_meta, &mc, "UID SEARCH DELETED");
 	if ((e = outcome(w, r, "search")) != STORE_OK)
@@ -116,6 +127,19 @@ out_set:
 out:
 	free(mc.seen);
 	return e;
+}
+
+/* Leave the selected folder without expunging anything (CLOSE would). */
+static void unselect(struct worker *w)
+{
+	if (!w->selected)
+		return;
+	if (imap_client_caps(w->client) & IMAP_CAP_UNSELECT)
+		imap_client_run(w->client, NULL, NULL, "UNSELECT");
+	else
+		imap_client_run(w->client, NULL, NULL, "EXAMINE INBOX");
+	w->selected = 0;
+	w->selected_rw = false;
 }
 
 /* "COPYUID uidvalidity src dst" for one message: the new UID, or 0. */
@@ -251,6 +275,7 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	free(q);
 	if (e != STORE_OK)
 		goto out;
+	imap_store_view_changed(s);
 	newuid = copyuid_dst(mc.args, t.uidvalidity);
 	if (newuid && cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, newuid,
 				     op->name) == 0) {
@@ -354,6 +379,8 @@ static enum store_error op_rmdir(struct worker *w, struct op *op)
 		cache_folder_clear(&f);
 		return STORE_ERR_IO;
 	}
+	/* STATUS on the selected folder may answer from a stale view. */
+	unselect(w);
 	if (!(f.flags & CACHE_FOLDER_NOSELECT)) {
 		r = imap_client_run(w->client, on_status, &cc, "STATUS %s (MESSAGES)", q);
 		e = outcome(w, r, "status");
@@ -365,16 +392,13 @@ static enum store_error op_rmdir(struct worker *w, struct op *op)
 		}
 	}
 	if (e == STORE_OK) {
-		if (w->selected == op->folder_id) {
-			imap_client_run(w->client, NULL, NULL, "UNSELECT");
-			w->selected = 0;
-		}
 		imap_client_run(w->client, NULL, NULL, "UNSUBSCRIBE %s", q);
 		r = imap_client_run(w->client, NULL, NULL, "DELETE %s", q);
 		e = outcome(w, r, "delete folder");
 		if (e == STORE_OK) {
 			cache_folder_delete(s->cache, op->folder_id);
 			imap_store_emit_entry(s, f.parent_id, f.name);
+			imap_store_view_changed(s);
 		}
 	}
 	free(q);
@@ -404,10 +428,9 @@ static enum store_error op_rename(struct worker *w, struct op *op)
 	}
 	qo = imap_quote(f.server_name);
 	qn = imap_quote(server);
-	if (w->selected == op->folder_id) {
-		imap_client_run(w->client, NULL, NULL, "UNSELECT");
-		w->selected = 0;
-	}
+	/* Its subfolders may be selected here too: a server ends a session
+	 * whose selected folder is renamed away. */
+	unselect(w);
 	r = qo && qn ? imap_client_run(w->client, NULL, NULL, "RENAME %s %s", qo, qn) : -EINVAL;
 	e = outcome(w, r, "rename folder");
 	if (e == STORE_OK) {
@@ -417,6 +440,7 @@ static enum store_error op_rename(struct worker *w, struct op *op)
 			imap_store_emit_entry(s, f.parent_id, f.name);
 			imap_store_emit_entry(s, op->to_folder_id, op->name);
 		}
+		imap_store_view_changed(s);
 	}
 	free(qo);
 	free(qn);
@@ -462,6 +486,7 @@ static enum store_error op_append(struct worker *w, struct op *op)
 	r = tag < 0 ? tag : imap_client_wait(w->client, tag, NULL, NULL);
 	e = outcome(w, r, "append");
 	if (e == STORE_OK) {
+		imap_store_view_changed(s);
 		uint32_t uid = 0;
 		unsigned long v, u;
 		char tail;

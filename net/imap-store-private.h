@@ -13,6 +13,7 @@
 #define MAILFS_IMAP_STORE_PRIVATE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -85,6 +86,7 @@ struct worker {
 	struct imap_client *client;
 	int64_t selected; /* folder EXAMINEd on this connection, 0: none */
 	bool selected_rw; /* ... and SELECTed read-write */
+	uint64_t view_gen; /* s->view_gen when its view was last refreshed */
 };
 
 /* A connection that IDLEs on one folder and queues a sync of it when the
@@ -128,6 +130,7 @@ struct istore {
 	int64_t last_sync;
 	uint64_t fetches;
 
+	_Atomic uint64_t view_gen; /* see imap_store_view_changed() */
 	int64_t inbox_id;  /* lock */
 	int64_t recent_id; /* lock: the folder used last through the mount */
 	pthread_cond_t idle_cond; /* recent_id changed / stopping */
@@ -161,6 +164,8 @@ struct meta_ctx {
 	uint32_t *seen;    /* UIDs present (UID SEARCH) */
 	size_t nseen, capseen;
 	size_t added;
+	size_t received;   /* new messages the server sent */
+	bool collect_seen; /* FETCH FLAGS answers also list existing UIDs */
 	struct meta_pending pending[META_BATCH];
 	size_t npending;
 };
@@ -176,6 +181,13 @@ void imap_store_set_online(struct istore *s, bool online);
 struct fstate *imap_store_fstate(struct istore *s, int64_t id);
 void imap_store_call_waiters(struct waiter *w, enum store_error err, bool changed);
 bool imap_store_add_waiter(struct waiter **list, store_done_fn *done, void *ctx);
+
+/* Something changed that other connections' views of their selected
+ * folder may not show yet (new UIDs, expunges, renames): each worker
+ * sends a NOOP before its next job. */
+void imap_store_view_changed(struct istore *s);
+/* Before a job: catch up with imap_store_view_changed(). */
+void imap_store_refresh_view(struct worker *w);
 
 /* imap-sync.c */
 int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include <openssl/crypto.h>
@@ -198,6 +199,25 @@ static void note_recent(struct istore *s, int64_t folder_id)
 	}
 }
 
+/* ---- views ---- */
+
+void imap_store_view_changed(struct istore *s)
+{
+	atomic_fetch_add(&s->view_gen, 1);
+}
+
+void imap_store_refresh_view(struct worker *w)
+{
+	uint64_t g = atomic_load(&w->s->view_gen);
+
+	/* A server shows a session new UIDs (or a rename) only after a
+	 * command; until then UID commands on them do nothing, yet say OK.
+	 * A NOOP catches up, or brings the BYE of a folder renamed away. */
+	if (w->view_gen != g && w->client && imap_client_alive(w->client) && w->selected)
+		imap_client_run(w->client, NULL, NULL, "NOOP");
+	w->view_gen = g;
+}
+
 /* ---- workers ---- */
 
 static void finish_sync(struct istore *s, int64_t folder_id, enum store_error err)
@@ -223,6 +243,7 @@ static void run_job(struct worker *w, struct job *j)
 	const char *err;
 	int r = -EIO;
 
+	imap_store_refresh_view(w);
 	if (j->kind == JOB_OP) {
 		imap_ops_run(w, j->op);
 		return;

@@ -571,9 +571,13 @@ void imap_sync_on_meta(void *ctx, const struct imap_response *r)
 	if (!u || !imap_arg_number(u, &uid) || uid == 0 || uid > UINT32_MAX)
 		return;
 	if (imap_fetch_get(&r->args[2], "ENVELOPE")) {
-		if (uid >= mc->min_uid)
+		if (uid >= mc->min_uid) {
+			mc->received++;
 			meta_new(mc, (uint32_t)uid, &r->args[2]);
+		}
 	} else {
+		if (mc->collect_seen)
+			seen_add(mc, uid);
 		meta_flags(mc, (uint32_t)uid, &r->args[2]);
 	}
 }
@@ -613,7 +617,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 	struct meta_ctx *mc = calloc(1, sizeof(*mc));
 	uint32_t *uids = NULL;
 	size_t nuids = 0;
-	int r, tag_new = 0, tag_search = 0, tag_flags = 0;
+	int r, tag_new = 0, tag_flags = 0;
 
 	if (!mc)
 		return -ENOMEM;
@@ -649,10 +653,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 	uint32_t maxuid = nuids ? uids[nuids - 1] : 0;
 	bool condstore = e.highestmodseq && !e.nomodseq;
 
-	if (e.exists == 0) {
-		/* Nothing on the server: everything cached is gone. */
-		mc->nseen = 0;
-	} else {
+	if (e.exists > 0) {
 		/* New UIDs only: never refetch what the cache knows. */
 		if (e.uidnext == 0 || e.uidnext > maxuid + 1 || nuids == 0) {
 			mc->min_uid = maxuid + 1;
@@ -661,27 +662,26 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 						   maxuid + 1, condstore ? " MODSEQ" : "");
 			s->fetches++;
 		}
-		if (nuids > 0) {
-			tag_search = imap_client_send(w->client, "UID SEARCH %sUID 1:%u",
-						      (imap_client_caps(w->client) & IMAP_CAP_ESEARCH) ?
-						      "RETURN (ALL) " : "", maxuid);
-			if (!condstore)
-				tag_flags = imap_client_send(w->client, "UID FETCH 1:%u (UID FLAGS)", maxuid);
-			else if (e.highestmodseq != f.highestmodseq)
-				tag_flags = imap_client_send(w->client,
-							     "UID FETCH 1:%u (UID FLAGS) (CHANGEDSINCE %llu)",
-							     maxuid, (unsigned long long)f.highestmodseq);
-			if (tag_flags > 0)
-				s->fetches++;
+		/* Flags: only what changed since the last sync (CONDSTORE);
+		 * without it all of them, which also lists the UIDs that
+		 * still exist. */
+		if (nuids > 0 && !condstore) {
+			mc->collect_seen = true;
+			tag_flags = imap_client_send(w->client, "UID FETCH 1:%u (UID FLAGS)", maxuid);
+		} else if (nuids > 0 && e.highestmodseq != f.highestmodseq) {
+			tag_flags = imap_client_send(w->client,
+						     "UID FETCH 1:%u (UID FLAGS) (CHANGEDSINCE %llu)",
+						     maxuid, (unsigned long long)f.highestmodseq);
 		}
+		if (tag_flags > 0)
+			s->fetches++;
 	}
-	if (tag_new < 0 || tag_search < 0 || tag_flags < 0) {
+	if (tag_new < 0 || tag_flags < 0) {
 		r = -EIO;
 		goto out;
 	}
-	/* Wait for the pipelined commands in order. */
-	int tags[3] = { tag_new, tag_search, tag_flags };
-	for (int i = 0; i < 3; i++) {
+	int tags[2] = { tag_new, tag_flags };
+	for (int i = 0; i < 2; i++) {
 		if (tags[i] <= 0)
 			continue;
 		r = imap_client_wait(w->client, tags[i], imap_sync_on_meta, mc);
@@ -691,8 +691,24 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 			log_warn("folder %s: %s", f.server_name, imap_client_text(w->client));
 	}
 	meta_flush(mc);
-	/* Expunged: cached UIDs the server no longer has. */
-	if (e.exists == 0 || tag_search > 0) {
+	/* Expunges: EXISTS counts the old messages still there plus the new
+	 * ones; when that is all the old ones, nothing went.  Otherwise find
+	 * out which (the flags FETCH listed them, or ask). */
+	bool expunged = e.exists == 0 ||
+			(e.exists >= mc->received ? e.exists - mc->received : 0) != nuids;
+	if (expunged && nuids > 0 && e.exists > 0 && !mc->collect_seen) {
+		mc->collect_seen = true;
+		r = imap_client_run(w->client, imap_sync_on_meta, mc, "UID SEARCH %sUID 1:%u",
+				    (imap_client_caps(w->client) & IMAP_CAP_ESEARCH) ?
+				    "RETURN (ALL) " : "", maxuid);
+		if (r < 0)
+			goto out;
+		if (r != IMAP_RESULT_OK)
+			expunged = false; /* no answer: keep what we have */
+	}
+	if (expunged && nuids > 0) {
+		size_t gone = 0;
+
 		qsort(mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32);
 		for (size_t i = 0; i < nuids; i++) {
 			if (mc->nseen && bsearch(&uids[i], mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32))
@@ -703,9 +719,14 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 				cache_msg_delete(s->cache, folder_id, uids[i]);
 				imap_store_emit_entry(s, folder_id, m.name);
 				cache_msg_clear(&m);
+				gone++;
 			}
 		}
+		if (gone)
+			imap_store_view_changed(s);
 	}
+	if (mc->added)
+		imap_store_view_changed(s);
 	cache_folder_set_state(s->cache, folder_id, e.uidvalidity, e.uidnext,
 			       e.highestmodseq, (int64_t)time(NULL));
 	if (mc->added)

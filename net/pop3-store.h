@@ -17,7 +17,11 @@
  * "pop3.next_id"; the mapping "pop3.uidl.<UIDL>"), which is the message's
  * UID in spool/ and then in archive/ (user.mail.uid stays).  The
  * message row's message_id holds the UIDL.  Consumed UIDLs are recorded as
- * "pop3.archived.<UIDL>" (and with keep "pop3.consumed.<UIDL>").
+ * "pop3.archived.<UIDL>" (and with keep "pop3.consumed.<UIDL>": a message
+ * consumed under keep stays on the server for good, even when a later
+ * mount has no keep).  Every sync DELEs a server message whose UIDL is
+ * archived but not kept, which finishes a consume that a crash or a lost
+ * connection interrupted between the archive and QUIT.
  *
  * Fault injection, for tests only: with MAILFS_TEST_CRASH_AT set to
  * after_retr (body cached, not yet archived), after_fsync (archived

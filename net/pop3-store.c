@@ -1,0 +1,1712 @@
+/* pop3-store.c: the POP3 read-once spool (see pop3-store.h).
+ *
+ * Threads: one worker owns the POP3 session and takes jobs from one queue
+ * (fetches and rm go to the front: a person is waiting); one poller queues
+ * a sync every poll seconds or when asked.  One session at a time is all
+ * POP3 allows anyway (the server locks the maildrop).  The lock protects
+ * the queue, the in-flight fetches and the status; it is never held
+ * across network I/O or while calling back into fs/.
+ *
+ * A session starts with STAT, UIDL and LIST, so every job knows which
+ * message number has which UIDL in this session: numbers are stable until
+ * QUIT, and a DELE only ever goes to the number whose UIDL it means.  It
+ * lingers for LINGER_MS after the last job, so that `cat spool/...` of many
+ * files runs in one session instead of one per file.
+ *
+ * Consuming is ordered for "nothing is lost": the body must be in the
+ * cache; it is moved into archive/ (cache_msg_move: link, fsync of the
+ * directory, synchronous commit), the UIDL is recorded as archived, and
+ * only then is DELE sent, which the server applies at QUIT.  A crash
+ * between any two steps leaves the message on the server, or in the
+ * archive, or both; "both" is repaired by every sync, which deletes (or,
+ * with keep, hides) a server message whose UIDL is archived, so it is
+ * never offered or archived twice. */
+#include "pop3-store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+
+#include "log.h"
+#include "names.h"
+#include "pop3-client.h"
+
+#define SPOOL_NAME "spool"
+#define ARCHIVE_NAME "archive"
+/* Server names no IMAP mailbox can have, so a cache directory once used
+ * for something else cannot be mistaken for ours. */
+#define SPOOL_SERVER_NAME "\x01pop3:spool"
+#define ARCHIVE_SERVER_NAME "\x01pop3:archive"
+
+#define KV_NEXT_ID "pop3.next_id"
+#define KV_UIDL "pop3.uidl."
+#define KV_ARCHIVED "pop3.archived."
+#define KV_CONSUMED "pop3.consumed."
+
+/* An idle session is ended (QUIT) after this long without a job. */
+#define LINGER_MS 1000
+/* A busy session still commits its DELEs this often. */
+#define SESSION_MAX_SECONDS 30
+#define READAHEAD_COUNT 24
+#define READAHEAD_BYTES (16u << 20)
+/* New messages written to the cache per transaction. */
+#define PUT_BATCH 200
+/* Header values longer than this are cut (names keep far less). */
+#define HEADER_VALUE_MAX 4096
+
+enum job_kind { JOB_SYNC, JOB_FETCH, JOB_CONSUME, JOB_REMOVE, JOB_EMIT };
+
+struct waiter {
+	store_done_fn *done;
+	void *ctx;
+	struct waiter *next;
+};
+
+struct job {
+	enum job_kind kind;
+	int64_t folder_id;
+	uint32_t uid;
+	store_done_fn *done; /* JOB_REMOVE */
+	void *ctx;
+	char *name;          /* JOB_EMIT */
+	struct job *next;
+};
+
+/* A body being fetched; waiters are called when it lands. */
+struct inflight {
+	uint32_t uid;
+	struct waiter *waiters;
+	struct inflight *next;
+};
+
+/* An rm waiting for QUIT to commit its DELE. */
+struct commit {
+	uint32_t uid;
+	char *uidl;
+	store_done_fn *done;
+	void *ctx;
+	struct commit *next;
+};
+
+/* The open session; the worker's alone. */
+struct session {
+	struct pop3_client *client;
+	struct pop3_msg *msgs;      /* by number */
+	struct pop3_msg **by_uidl;  /* the same, by UIDL */
+	size_t nmsgs;
+	bool dirty;                 /* DELE sent: QUIT commits it */
+	struct commit *commits;
+	time_t started;
+};
+
+struct pstore {
+	struct store base;
+	struct url url;
+	char *password;
+	char *cafile;
+	bool insecure;
+	bool names_uid;
+	bool keep;
+	unsigned poll_seconds;
+	struct cache *cache;
+	char server[256];
+	int64_t spool_id, archive_id;
+	const char *crash_at; /* MAILFS_TEST_CRASH_AT, or NULL */
+	struct store_events ev;
+
+	pthread_mutex_t lock;
+	pthread_cond_t cond;      /* queue not empty / stopping */
+	pthread_cond_t poll_cond; /* poller wake-up */
+	/* Everything below up to `sess` is protected by lock. */
+	struct job *queue_head, *queue_tail;
+	struct inflight *inflight;
+	struct waiter *sync_waiters;
+	bool sync_queued;
+	bool spool_ready;
+	bool stopping;
+	bool poll_asked;
+	bool online;
+	bool connect_failed; /* the last connect failed (log once) */
+	int64_t last_sync;
+	uint64_t fetches;
+
+	struct session sess; /* the worker's (or new()'s before start) */
+	pthread_t worker, poller;
+	bool started;
+};
+
+/* ---- small helpers ---- */
+
+static void call_waiters(struct waiter *w, enum store_error err, bool changed)
+{
+	while (w) {
+		struct waiter *next = w->next;
+
+		w->done(w->ctx, err, changed);
+		free(w);
+		w = next;
+	}
+}
+
+static bool add_waiter(struct waiter **list, store_done_fn *done, void *ctx)
+{
+	struct waiter *w = malloc(sizeof(*w));
+
+	if (!w)
+		return false;
+	w->done = done;
+	w->ctx = ctx;
+	w->next = *list;
+	*list = w;
+	return true;
+}
+
+/* Queue a job; urgent ones go to the front.  Called with the lock held. */
+static bool enqueue(struct pstore *s, struct job *j, bool urgent)
+{
+	if (urgent) {
+		j->next = s->queue_head;
+		s->queue_head = j;
+		if (!s->queue_tail)
+			s->queue_tail = j;
+	} else {
+		j->next = NULL;
+		if (s->queue_tail)
+			s->queue_tail->next = j;
+		else
+			s->queue_head = j;
+		s->queue_tail = j;
+	}
+	pthread_cond_signal(&s->cond);
+	return true;
+}
+
+static struct job *job_new(enum job_kind kind, int64_t folder_id, uint32_t uid)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (j) {
+		j->kind = kind;
+		j->folder_id = folder_id;
+		j->uid = uid;
+	}
+	return j;
+}
+
+/* Called with the lock held. */
+static void queue_sync(struct pstore *s, bool urgent)
+{
+	struct job *j;
+
+	if (s->sync_queued)
+		return;
+	j = job_new(JOB_SYNC, s->spool_id, 0);
+	if (!j)
+		return;
+	s->sync_queued = true;
+	enqueue(s, j, urgent);
+}
+
+static void emit_entry(struct pstore *s, int64_t folder_id, const char *name)
+{
+	if (s->ev.entry_changed && name)
+		s->ev.entry_changed(s->ev.ctx, folder_id, name);
+}
+
+static void emit_message(struct pstore *s, int64_t folder_id, uint32_t uid)
+{
+	if (s->ev.message_changed)
+		s->ev.message_changed(s->ev.ctx, folder_id, uid);
+}
+
+/* The documented fault-injection hook (pop3-store.h). */
+static void crash_point(struct pstore *s, const char *where)
+{
+	if (s->crash_at && !strcmp(s->crash_at, where)) {
+		log_info("MAILFS_TEST_CRASH_AT=%s: killing the daemon", where);
+		raise(SIGKILL);
+	}
+}
+
+static void set_online(struct pstore *s, bool online)
+{
+	pthread_mutex_lock(&s->lock);
+	if (s->online != online)
+		log_info("%s: %s", s->server, online ? "connected" : "offline");
+	s->online = online;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static bool kv_has(struct pstore *s, const char *prefix, const char *uidl)
+{
+	char key[sizeof(KV_CONSUMED) + POP3_UIDL_MAX + 8];
+	char *v = NULL;
+	bool has;
+
+	snprintf(key, sizeof(key), "%s%s", prefix, uidl);
+	has = cache_kv_get(s->cache, key, &v) == 0;
+	free(v);
+	return has;
+}
+
+static int kv_put(struct pstore *s, const char *prefix, const char *uidl,
+		  const char *value)
+{
+	char key[sizeof(KV_CONSUMED) + POP3_UIDL_MAX + 8];
+
+	snprintf(key, sizeof(key), "%s%s", prefix, uidl);
+	return cache_kv_set(s->cache, key, value);
+}
+
+static int cmp_msg_uidl(const void *a, const void *b)
+{
+	const struct pop3_msg *x = *(const struct pop3_msg *const *)a;
+	const struct pop3_msg *y = *(const struct pop3_msg *const *)b;
+
+	return strcmp(x->uidl, y->uidl);
+}
+
+/* The message with this UIDL in the open session, or NULL. */
+static struct pop3_msg *sess_find(struct session *se, const char *uidl)
+{
+	struct pop3_msg key, *kp = &key, **found;
+
+	if (!uidl || strlen(uidl) > POP3_UIDL_MAX || se->nmsgs == 0)
+		return NULL;
+	strcpy(key.uidl, uidl);
+	found = bsearch(&kp, se->by_uidl, se->nmsgs, sizeof(*se->by_uidl), cmp_msg_uidl);
+	return found ? *found : NULL;
+}
+
+/* ---- sessions ---- */
+
+/* Log in and list the maildrop.  0, or -1 with *error_r; *auth_failed_r
+ * (may be NULL) as pop3_client_open's. */
+static int session_open(struct pstore *s, bool *auth_failed_r, const char **error_r)
+{
+	static __thread char err[512];
+	struct session *se = &s->sess;
+	struct pop3_client_opts o = {
+		.url = &s->url,
+		.password = s->password,
+		.cafile = s->cafile,
+		.insecure = s->insecure,
+	};
+	int r;
+
+	if (se->client)
+		return 0;
+	if (pop3_client_open(&se->client, &o, auth_failed_r, error_r) < 0)
+		return -1;
+	r = pop3_client_scan(se->client, &se->msgs, &se->nmsgs);
+	if (r != 0) {
+		const char *text = pop3_client_text(se->client);
+
+		if (r == POP3_RESULT_ERR && !strncasecmp(text, "UIDL", 4))
+			snprintf(err, sizeof(err),
+				 "%s does not support UIDL; mailfs needs it to read each message once",
+				 s->url.host);
+		else if (r == POP3_RESULT_ERR)
+			snprintf(err, sizeof(err), "%s: listing the maildrop failed: %s",
+				 s->url.host, text);
+		else
+			snprintf(err, sizeof(err), "%s: listing the maildrop failed: %s",
+				 s->url.host, pop3_client_error(se->client));
+		pop3_client_close(&se->client);
+		*error_r = err;
+		return -1;
+	}
+	se->by_uidl = malloc((se->nmsgs ? se->nmsgs : 1) * sizeof(*se->by_uidl));
+	if (!se->by_uidl) {
+		pop3_client_close(&se->client);
+		free(se->msgs);
+		se->msgs = NULL;
+		*error_r = "out of memory";
+		return -1;
+	}
+	for (size_t i = 0; i < se->nmsgs; i++)
+		se->by_uidl[i] = &se->msgs[i];
+	qsort(se->by_uidl, se->nmsgs, sizeof(*se->by_uidl), cmp_msg_uidl);
+	/* A UIDL the server gives two messages (it must not) could make a
+	 * DELE hit the copy that was never read: such messages are left
+	 * alone, never offered and never deleted. */
+	size_t dups = 0;
+	for (size_t i = 0; i < se->nmsgs;) {
+		size_t k = i + 1;
+
+		while (k < se->nmsgs && !strcmp(se->by_uidl[k]->uidl, se->by_uidl[i]->uidl))
+			k++;
+		if (k - i > 1) {
+			log_warn("%s: the server gives UIDL %s to %zu messages; leaving them alone",
+				 s->server, se->by_uidl[i]->uidl, k - i);
+			/* Marked (a real UIDL is never empty), dropped below. */
+			for (size_t d = i + 1; d < k; d++)
+				se->by_uidl[d]->uidl[0] = '\0';
+			se->by_uidl[i]->uidl[0] = '\0';
+			dups += k - i;
+		}
+		i = k;
+	}
+	if (dups > 0) {
+		size_t j = 0;
+
+		for (size_t i = 0; i < se->nmsgs; i++)
+			if (se->msgs[i].uidl[0] != '\0')
+				se->msgs[j++] = se->msgs[i];
+		se->nmsgs = j;
+		for (size_t i = 0; i < se->nmsgs; i++)
+			se->by_uidl[i] = &se->msgs[i];
+		qsort(se->by_uidl, se->nmsgs, sizeof(*se->by_uidl), cmp_msg_uidl);
+	}
+	se->dirty = false;
+	se->started = time(NULL);
+	return 0;
+}
+
+static void session_end(struct pstore *s);
+
+/* The worker's way in: open a session if none is, logging failures once
+ * per outage.  0 or -1. */
+static int session_need(struct pstore *s)
+{
+	const char *err;
+	bool auth = false;
+
+	if (s->sess.client && pop3_client_alive(s->sess.client))
+		return 0;
+	/* Dead: whatever it had not committed is undone, and the rm's
+	 * waiting for it hear so. */
+	if (s->sess.client)
+		session_end(s);
+	if (session_open(s, &auth, &err) < 0) {
+		pthread_mutex_lock(&s->lock);
+		bool first = !s->connect_failed;
+		s->connect_failed = true;
+		pthread_mutex_unlock(&s->lock);
+		if (first || auth)
+			log_warn("%s", err);
+		set_online(s, false);
+		return -1;
+	}
+	pthread_mutex_lock(&s->lock);
+	s->connect_failed = false;
+	pthread_mutex_unlock(&s->lock);
+	set_online(s, true);
+	return 0;
+}
+
+/* QUIT (committing the DELEs), then settle the rm's that waited for it. */
+static void session_end(struct pstore *s)
+{
+	struct session *se = &s->sess;
+	struct commit *c = se->commits;
+	bool committed = false;
+
+	if (se->client) {
+		bool alive = pop3_client_alive(se->client);
+		int r = alive ? pop3_client_quit(&se->client) : -ENOTCONN;
+
+		if (!alive)
+			pop3_client_close(&se->client);
+		committed = r == POP3_RESULT_OK;
+		if (!committed && (se->dirty || c))
+			log_warn("%s: the session ended without committing its deletions (%s); "
+				 "consumed messages will be deleted at the next sync",
+				 s->server, r == POP3_RESULT_ERR ? "QUIT refused" : "connection lost");
+	}
+	se->commits = NULL;
+	while (c) {
+		struct commit *next = c->next;
+		struct cache_msg m;
+
+		if (committed) {
+			if (cache_msg_get(s->cache, s->spool_id, c->uid, &m) == 0) {
+				cache_msg_delete(s->cache, s->spool_id, c->uid);
+				kv_put(s, KV_UIDL, c->uidl, NULL);
+				c->done(c->ctx, STORE_OK, false);
+				emit_entry(s, s->spool_id, m.name);
+				cache_msg_clear(&m);
+			} else {
+				c->done(c->ctx, STORE_OK, false);
+			}
+		} else {
+			c->done(c->ctx, STORE_ERR_IO, false);
+		}
+		free(c->uidl);
+		free(c);
+		c = next;
+	}
+	free(se->msgs);
+	free(se->by_uidl);
+	se->msgs = NULL;
+	se->by_uidl = NULL;
+	se->nmsgs = 0;
+	se->dirty = false;
+}
+
+/* ---- headers (TOP n 0) ---- */
+
+struct headers {
+	char *from, *subject, *date, *received;
+};
+
+static void headers_clear(struct headers *h)
+{
+	free(h->from);
+	free(h->subject);
+	free(h->date);
+	free(h->received);
+	memset(h, 0, sizeof(*h));
+}
+
+/* Append an unfolded header line to *v (created on the first line). */
+static void header_add(char **v, const char *s, size_t len)
+{
+	size_t old = *v ? strlen(*v) : 0;
+	char *n;
+
+	if (old >= HEADER_VALUE_MAX)
+		return;
+	if (len > HEADER_VALUE_MAX - old)
+		len = HEADER_VALUE_MAX - old;
+	n = realloc(*v, old + len + 1);
+	if (!n)
+		return;
+	memcpy(n + old, s, len);
+	n[old + len] = '\0';
+	/* NULs would end the string early; they mean nothing in a name. */
+	for (size_t i = old; i < old + len; i++)
+		if (n[i] == '\0')
+			n[i] = ' ';
+	*v = n;
+}
+
+/* The first From, Subject, Date and Received of a header block (folded
+ * lines unfolded; the block ends at the first empty line). */
+static void parse_headers(const char *p, size_t len, struct headers *h)
+{
+	const char *end = p + len;
+	char **cur = NULL;
+
+	memset(h, 0, sizeof(*h));
+	while (p < end) {
+		const char *lf = memchr(p, '\n', (size_t)(end - p));
+		const char *le = lf ? lf : end;
+		const char *next = lf ? lf + 1 : end;
+
+		if (le > p && le[-1] == '\r')
+			le--;
+		if (le == p)
+			break;
+		if (*p == ' ' || *p == '\t') {
+			if (cur)
+				header_add(cur, p, (size_t)(le - p));
+		} else {
+			const char *colon = memchr(p, ':', (size_t)(le - p));
+			size_t nlen = colon ? (size_t)(colon - p) : 0;
+
+			cur = NULL;
+			if (colon) {
+				if (nlen == 4 && !strncasecmp(p, "From", 4) && !h->from)
+					cur = &h->from;
+				else if (nlen == 7 && !strncasecmp(p, "Subject", 7) && !h->subject)
+					cur = &h->subject;
+				else if (nlen == 4 && !strncasecmp(p, "Date", 4) && !h->date)
+					cur = &h->date;
+				else if (nlen == 8 && !strncasecmp(p, "Received", 8) && !h->received)
+					cur = &h->received;
+			}
+			if (cur) {
+				const char *v = colon + 1;
+
+				while (v < le && (*v == ' ' || *v == '\t'))
+					v++;
+				header_add(cur, v, (size_t)(le - v));
+			}
+		}
+		p = next;
+	}
+}
+
+static char *trim_dup(const char *s, size_t len)
+{
+	while (len > 0 && (*s == ' ' || *s == '\t')) {
+		s++;
+		len--;
+	}
+	while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+		len--;
+	return len ? strndup(s, len) : NULL;
+}
+
+/* "Name <a@b>", "\"Last, First\" <a@b>", "a@b (Name)", "a@b": the first
+ * address's display name (still RFC 2047 encoded, quotes removed) and
+ * address. */
+static void parse_from(const char *v, char **name_r, char **addr_r)
+{
+	const char *p = v, *lt = NULL, *comma = NULL;
+	bool quoted = false;
+
+	*name_r = *addr_r = NULL;
+	if (!v)
+		return;
+	for (; *p; p++) {
+		if (*p == '\\' && quoted && p[1]) {
+			p++;
+		} else if (*p == '"') {
+			quoted = !quoted;
+		} else if (!quoted && *p == '<' && !lt) {
+			lt = p;
+		} else if (!quoted && *p == ',' && !lt) {
+			comma = p;
+			break;
+		}
+	}
+	if (lt) {
+		const char *gt = strchr(lt, '>');
+		char *name = trim_dup(v, (size_t)(lt - v));
+
+		*addr_r = trim_dup(lt + 1, gt ? (size_t)(gt - lt - 1) : strlen(lt + 1));
+		if (name && name[0] == '"') {
+			size_t j = 0;
+
+			for (size_t i = 1; name[i] && name[i] != '"'; i++) {
+				if (name[i] == '\\' && name[i + 1])
+					i++;
+				name[j++] = name[i];
+			}
+			name[j] = '\0';
+		}
+		*name_r = name;
+		return;
+	}
+	size_t len = comma ? (size_t)(comma - v) : strlen(v);
+	const char *paren = memchr(v, '(', len);
+	if (paren) {
+		const char *close = memchr(paren, ')', len - (size_t)(paren - v));
+
+		*name_r = trim_dup(paren + 1, close ? (size_t)(close - paren - 1)
+					     : len - (size_t)(paren - v) - 1);
+		len = (size_t)(paren - v);
+	}
+	*addr_r = trim_dup(v, len);
+}
+
+/* ---- sync ---- */
+
+struct spool_row {
+	uint32_t uid;
+	char *uidl;
+	char *name;
+	bool seen; /* on the server in this session */
+};
+
+static int cmp_row_uidl(const void *a, const void *b)
+{
+	const struct spool_row *x = a, *y = b;
+
+	return strcmp(x->uidl, y->uidl);
+}
+
+/* Every message of a folder as (uid, UIDL, name). */
+static int load_rows(struct pstore *s, int64_t folder_id, struct spool_row **rows_r,
+		     size_t *n_r)
+{
+	struct spool_row *rows = NULL;
+	size_t n = 0, cap = 0;
+	uint32_t after = 0;
+
+	for (;;) {
+		struct cache_msg *msgs;
+		size_t got;
+
+		if (cache_msg_list(s->cache, folder_id, after, 1000, &msgs, &got) < 0) {
+			for (size_t i = 0; i < n; i++) {
+				free(rows[i].uidl);
+				free(rows[i].name);
+			}
+			free(rows);
+			return -EIO;
+		}
+		if (got == 0)
+			break;
+		for (size_t i = 0; i < got; i++) {
+			if (n == cap) {
+				size_t ncap = cap ? cap * 2 : 256;
+				struct spool_row *r = realloc(rows, ncap * sizeof(*r));
+
+				if (!r)
+					break;
+				rows = r;
+				cap = ncap;
+			}
+			rows[n].uid = msgs[i].uid;
+			rows[n].uidl = msgs[i].message_id ? msgs[i].message_id : strdup("");
+			rows[n].name = msgs[i].name;
+			rows[n].seen = false;
+			msgs[i].message_id = NULL;
+			msgs[i].name = NULL;
+			n++;
+		}
+		after = msgs[got - 1].uid;
+		cache_msg_list_free(msgs, got);
+	}
+	if (n)
+		qsort(rows, n, sizeof(*rows), cmp_row_uidl);
+	*rows_r = rows;
+	*n_r = n;
+	return 0;
+}
+
+static void free_rows(struct spool_row *rows, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(rows[i].uidl);
+		free(rows[i].name);
+	}
+	free(rows);
+}
+
+static struct spool_row *find_row(struct spool_row *rows, size_t n, const char *uidl)
+{
+	struct spool_row key = { .uidl = (char *)uidl };
+
+	return n ? bsearch(&key, rows, n, sizeof(*rows), cmp_row_uidl) : NULL;
+}
+
+/* A new message's metadata from its headers, waiting to be written. */
+struct newmsg {
+	struct pop3_msg *pm;
+	char *base;
+	int64_t mtime;
+	bool got_headers;
+};
+
+struct top_ctx {
+	struct pstore *s;
+	struct newmsg *nm;
+};
+
+static int on_top(void *ctx, size_t index, int result, const struct pop3_response *resp)
+{
+	struct top_ctx *tc = ctx;
+	struct newmsg *nm = &tc->nm[index];
+	struct headers h;
+	char *from_name = NULL, *from_addr = NULL;
+	time_t date = 0, received = 0;
+
+	if (result != POP3_RESULT_OK)
+		return 0; /* named without headers */
+	parse_headers(resp->body, resp->body_len, &h);
+	parse_from(h.from, &from_name, &from_addr);
+	if (h.received) {
+		const char *semi = strrchr(h.received, ';');
+
+		if (semi)
+			names_parse_date(semi + 1, &received);
+	}
+	if (!h.date || names_parse_date(h.date, &date) < 0)
+		date = received;
+	nm->mtime = received ? (int64_t)received : (int64_t)date;
+	if (!tc->s->names_uid) {
+		free(nm->base);
+		nm->base = names_message_base(date ? date : time(NULL), from_name, from_addr,
+					      h.subject);
+	}
+	nm->got_headers = true;
+	free(from_name);
+	free(from_addr);
+	headers_clear(&h);
+	return 0;
+}
+
+/* The local id of a UIDL: the one it had, or the next.  In a cache batch. */
+static uint32_t local_id(struct pstore *s, const char *uidl)
+{
+	char key[sizeof(KV_UIDL) + POP3_UIDL_MAX + 1], *v = NULL, buf[24];
+	unsigned long long id = 0;
+
+	snprintf(key, sizeof(key), "%s%s", KV_UIDL, uidl);
+	if (cache_kv_get(s->cache, key, &v) == 0) {
+		id = strtoull(v, NULL, 10);
+		free(v);
+		if (id > 0 && id <= UINT32_MAX)
+			return (uint32_t)id;
+	}
+	v = NULL;
+	if (cache_kv_get(s->cache, KV_NEXT_ID, &v) == 0)
+		id = strtoull(v, NULL, 10);
+	free(v);
+	if (id == 0)
+		id = 1;
+	if (id >= UINT32_MAX)
+		return 0;
+	snprintf(buf, sizeof(buf), "%llu", id + 1);
+	if (cache_kv_set(s->cache, KV_NEXT_ID, buf) < 0)
+		return 0;
+	snprintf(buf, sizeof(buf), "%llu", id);
+	if (cache_kv_set(s->cache, key, buf) < 0)
+		return 0;
+	return (uint32_t)id;
+}
+
+/* Write the new messages, PUT_BATCH per transaction, then tell fs/. */
+static void put_new(struct pstore *s, struct newmsg *nm, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		size_t end = i + PUT_BATCH < n ? i + PUT_BATCH : n;
+		char **names = calloc(end - i, sizeof(*names));
+
+		if (!names)
+			return;
+		bool batch = cache_begin(s->cache) == 0;
+
+		for (size_t k = i; k < end; k++) {
+			uint32_t id = local_id(s, nm[k].pm->uidl);
+			struct cache_msg m = {
+				.folder_id = s->spool_id,
+				.uid = id,
+				.size = nm[k].pm->size,
+				.mtime = nm[k].mtime ? nm[k].mtime : (int64_t)time(NULL),
+				.flags = "",
+				.message_id = nm[k].pm->uidl,
+			};
+			char idbase[16];
+			const char *base = nm[k].base;
+
+			if (id == 0)
+				continue;
+			if (s->names_uid || !base) {
+				snprintf(idbase, sizeof(idbase), "%" PRIu32, id);
+				base = idbase;
+			}
+			if (cache_msg_put(s->cache, &m, base, &names[k - i]) < 0)
+				names[k - i] = NULL;
+		}
+		if (batch && cache_commit(s->cache) < 0)
+			log_warn("%s: cannot record new messages in the cache", s->server);
+		for (size_t k = i; k < end; k++) {
+			emit_entry(s, s->spool_id, names[k - i]);
+			free(names[k - i]);
+		}
+		free(names);
+		i = end;
+	}
+}
+
+/* Bring spool/ in line with the maildrop of the open session; DELE what
+ * was archived and not yet deleted.  0 or a negative errno (connection). */
+static int do_sync(struct pstore *s)
+{
+	struct session *se = &s->sess;
+	struct spool_row *rows = NULL, *arch = NULL;
+	size_t nrows = 0, narch = 0, nnew = 0;
+	struct newmsg *nm = NULL;
+	unsigned *nums = NULL;
+	int r = 0;
+
+	if (load_rows(s, s->spool_id, &rows, &nrows) < 0 ||
+	    load_rows(s, s->archive_id, &arch, &narch) < 0) {
+		r = -EIO;
+		goto out;
+	}
+	nm = calloc(se->nmsgs ? se->nmsgs : 1, sizeof(*nm));
+	nums = calloc(se->nmsgs ? se->nmsgs : 1, sizeof(*nums));
+	if (!nm || !nums) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < se->nmsgs; i++) {
+		struct pop3_msg *pm = &se->msgs[i];
+		struct spool_row *row = find_row(rows, nrows, pm->uidl);
+		bool consumed = kv_has(s, KV_CONSUMED, pm->uidl);
+		bool archived = consumed || find_row(arch, narch, pm->uidl) ||
+				kv_has(s, KV_ARCHIVED, pm->uidl);
+
+		if (archived) {
+			/* Read before: never offered again.  Without keep,
+			 * finish what a crash or a lost connection left. */
+			if (!s->keep && !consumed) {
+				log_info("%s: deleting message %s from the server: it was archived before",
+					 s->server, pm->uidl);
+				r = pop3_client_dele(se->client, pm->n);
+				if (r < 0)
+					goto out;
+				if (r == POP3_RESULT_OK)
+					se->dirty = true;
+				r = 0;
+			}
+			continue; /* a spool row, if any, is swept below */
+		}
+		if (row) {
+			row->seen = true;
+			continue;
+		}
+		nm[nnew].pm = pm;
+		nums[nnew] = pm->n;
+		nnew++;
+	}
+	/* Gone from the server (or archived): leaves spool/. */
+	for (size_t i = 0; i < nrows; i++) {
+		if (rows[i].seen)
+			continue;
+		if (cache_msg_delete(s->cache, s->spool_id, rows[i].uid) == 0) {
+			if (!kv_has(s, KV_ARCHIVED, rows[i].uidl))
+				kv_put(s, KV_UIDL, rows[i].uidl, NULL);
+			emit_entry(s, s->spool_id, rows[i].name);
+		}
+	}
+	if (nnew > 0) {
+		struct top_ctx tc = { .s = s, .nm = nm };
+		unsigned caps = pop3_client_caps(se->client);
+
+		/* Without CAPA, TOP may still work; with CAPA, believe it. */
+		if (!(caps & POP3_CAP_CAPA) || (caps & POP3_CAP_TOP)) {
+			r = pop3_client_batch(se->client, "TOP", " 0", true, nums, nnew, on_top, &tc);
+			if (r < 0)
+				goto out;
+		}
+		put_new(s, nm, nnew);
+		log_debug("%s: %zu new messages", s->server, nnew);
+	}
+	pthread_mutex_lock(&s->lock);
+	s->last_sync = (int64_t)time(NULL);
+	pthread_mutex_unlock(&s->lock);
+	cache_folder_set_state(s->cache, s->spool_id, 0, 0, 0, (int64_t)time(NULL));
+	r = 0;
+out:
+	if (nm)
+		for (size_t i = 0; i < nnew; i++)
+			free(nm[i].base);
+	free(nm);
+	free(nums);
+	free_rows(rows, nrows);
+	free_rows(arch, narch);
+	return r;
+}
+
+/* ---- bodies ---- */
+
+static void body_done(struct pstore *s, uint32_t uid, enum store_error err, bool changed)
+{
+	struct waiter *waiters = NULL;
+
+	pthread_mutex_lock(&s->lock);
+	for (struct inflight **p = &s->inflight; *p; p = &(*p)->next) {
+		if ((*p)->uid == uid) {
+			struct inflight *i = *p;
+
+			*p = i->next;
+			waiters = i->waiters;
+			free(i);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	call_waiters(waiters, err, changed);
+}
+
+struct retr_ctx {
+	struct pstore *s;
+	int64_t folder_id;
+	const uint32_t *uids;
+	bool *got;
+	bool notify; /* call body_done (fetches), not for consume's own */
+};
+
+static int on_retr(void *ctx, size_t index, int result, const struct pop3_response *resp)
+{
+	struct retr_ctx *rc = ctx;
+	struct pstore *s = rc->s;
+	uint32_t uid = rc->uids[index];
+	struct cache_msg m;
+	bool changed = false;
+
+	if (result != POP3_RESULT_OK) {
+		log_warn("%s: RETR of message %" PRIu32 " refused: %s", s->server, uid, resp->text);
+		return 0;
+	}
+	if (cache_msg_get(s->cache, rc->folder_id, uid, &m) < 0)
+		return 0;
+	changed = m.size != resp->body_len;
+	cache_msg_clear(&m);
+	if (cache_body_store(s->cache, rc->folder_id, uid, resp->body, resp->body_len) < 0)
+		return 0;
+	rc->got[index] = true;
+	if (changed) {
+		log_debug("message %" PRIu32 ": LIST said a size other than the %zu bytes RETR sent",
+			  uid, resp->body_len);
+		emit_message(s, rc->folder_id, uid);
+	}
+	if (rc->notify)
+		body_done(s, uid, STORE_OK, changed);
+	return 0;
+}
+
+/* The spool message's server number in this session (0: not there). */
+static unsigned spool_number(struct pstore *s, uint32_t uid, struct cache_msg *m_r)
+{
+	struct pop3_msg *pm;
+
+	if (cache_msg_get(s->cache, s->spool_id, uid, m_r) < 0)
+		return 0;
+	pm = sess_find(&s->sess, m_r->message_id);
+	return pm ? pm->n : 0;
+}
+
+/* A spool message is gone from the server: it leaves spool/. */
+static void spool_gone(struct pstore *s, struct cache_msg *m)
+{
+	if (cache_msg_delete(s->cache, s->spool_id, m->uid) == 0) {
+		if (m->message_id)
+			kv_put(s, KV_UIDL, m->message_id, NULL);
+		emit_entry(s, s->spool_id, m->name);
+	}
+}
+
+/* RETR uid and some uncached successors, pipelined. */
+static void do_fetch(struct pstore *s, uint32_t uid)
+{
+	uint32_t batch[READAHEAD_COUNT + 1], *more = NULL;
+	unsigned nums[READAHEAD_COUNT + 1];
+	bool got[READAHEAD_COUNT + 1] = { false };
+	size_t n = 0, nmore = 0;
+	uint64_t bytes = 0;
+	struct cache_msg m;
+	enum store_error err = STORE_ERR_IO;
+	int r;
+
+	if (session_need(s) < 0) {
+		body_done(s, uid, STORE_ERR_OFFLINE, false);
+		return;
+	}
+	nums[0] = spool_number(s, uid, &m);
+	if (m.cached) {
+		/* Stored since it was asked for. */
+		cache_msg_clear(&m);
+		body_done(s, uid, STORE_OK, false);
+		return;
+	}
+	if (nums[0] == 0) {
+		if (m.name)
+			spool_gone(s, &m);
+		cache_msg_clear(&m);
+		body_done(s, uid, STORE_ERR_NOTFOUND, false);
+		return;
+	}
+	bytes = m.size;
+	cache_msg_clear(&m);
+	batch[n++] = uid;
+	/* Read-ahead: the next uncached messages that nobody fetches yet. */
+	if (cache_msg_uncached(s->cache, s->spool_id, uid, READAHEAD_COUNT * 2, &more, &nmore) == 0) {
+		for (size_t i = 0; i < nmore && n <= READAHEAD_COUNT; i++) {
+			unsigned num = spool_number(s, more[i], &m);
+			struct inflight *in;
+			bool busy = false;
+
+			bytes += m.size;
+			cache_msg_clear(&m);
+			if (num == 0)
+				continue;
+			if (bytes > READAHEAD_BYTES)
+				break;
+			pthread_mutex_lock(&s->lock);
+			for (in = s->inflight; in && !busy; in = in->next)
+				busy = in->uid == more[i];
+			in = busy ? NULL : calloc(1, sizeof(*in));
+			if (in) {
+				in->uid = more[i];
+				in->next = s->inflight;
+				s->inflight = in;
+			}
+			pthread_mutex_unlock(&s->lock);
+			if (!in)
+				continue;
+			nums[n] = num;
+			batch[n++] = more[i];
+		}
+		free(more);
+	}
+	struct retr_ctx rc = { .s = s, .folder_id = s->spool_id, .uids = batch, .got = got,
+			       .notify = true };
+	pthread_mutex_lock(&s->lock);
+	s->fetches += n;
+	pthread_mutex_unlock(&s->lock);
+	r = pop3_client_batch(s->sess.client, "RETR", "", true, nums, n, on_retr, &rc);
+	if (r < 0)
+		log_warn("%s: fetching messages: %s", s->server, pop3_client_error(s->sess.client));
+	else
+		err = STORE_ERR_NOTFOUND;
+	for (size_t i = 0; i < n; i++)
+		if (!got[i])
+			body_done(s, batch[i], err, false);
+}
+
+/* ---- consume and remove ---- */
+
+/* The archive's name for a message: its spool name, or with a suffix
+ * when taken. */
+static int archive_move(struct pstore *s, const struct cache_msg *m, char **name_r)
+{
+	const char *name = m->name;
+	size_t blen = strlen(name);
+	int r;
+
+	if (blen > 4 && !strcmp(name + blen - 4, ".eml"))
+		blen -= 4;
+	r = cache_msg_move(s->cache, s->spool_id, m->uid, s->archive_id, m->uid, name);
+	for (unsigned k = 2; r == -EEXIST && k < 10000; k++) {
+		char alt[300];
+
+		if (blen > 236)
+			blen = 236;
+		snprintf(alt, sizeof(alt), "%.*s (%u).eml", (int)blen, name, k);
+		r = cache_msg_move(s->cache, s->spool_id, m->uid, s->archive_id, m->uid, alt);
+		if (r == 0) {
+			*name_r = strdup(alt);
+			return 0;
+		}
+	}
+	if (r == 0)
+		*name_r = strdup(name);
+	return r;
+}
+
+static void do_consume(struct pstore *s, uint32_t uid)
+{
+	struct cache_msg m;
+	char *archived_name = NULL;
+	int r;
+
+	if (cache_msg_get(s->cache, s->spool_id, uid, &m) < 0)
+		return; /* consumed already, or gone */
+	if (!m.message_id) {
+		log_warn("%s: message %s has no UIDL; not consuming it", s->server, m.name);
+		goto out;
+	}
+	if (!m.cached) {
+		/* Evicted since it was read: fetch it again. */
+		bool got = false;
+		unsigned num;
+		struct cache_msg m2;
+
+		if (session_need(s) < 0)
+			goto out;
+		num = spool_number(s, uid, &m2);
+		cache_msg_clear(&m2);
+		if (num == 0)
+			goto out;
+		struct retr_ctx rc = { .s = s, .folder_id = s->spool_id, .uids = &uid,
+				       .got = &got };
+		pthread_mutex_lock(&s->lock);
+		s->fetches++;
+		pthread_mutex_unlock(&s->lock);
+		if (pop3_client_batch(s->sess.client, "RETR", "", true, &num, 1, on_retr, &rc) < 0 || !got) {
+			log_warn("%s: cannot fetch %s to archive it; it stays in spool/", s->server,
+				 m.name);
+			goto out;
+		}
+	}
+	crash_point(s, "after_retr");
+	/* Pinned before the move: an archived body is never evicted. */
+	cache_msg_set_pinned(s->cache, s->spool_id, uid, true);
+	r = archive_move(s, &m, &archived_name);
+	if (r < 0) {
+		cache_msg_set_pinned(s->cache, s->spool_id, uid, false);
+		log_error("%s: cannot archive %s: %s; it stays in spool/", s->server, m.name,
+			  strerror(-r));
+		goto out;
+	}
+	{
+		char idbuf[16];
+
+		snprintf(idbuf, sizeof(idbuf), "%" PRIu32, uid);
+		kv_put(s, KV_ARCHIVED, m.message_id, idbuf);
+		if (s->keep)
+			kv_put(s, KV_CONSUMED, m.message_id, "1");
+		kv_put(s, KV_UIDL, m.message_id, NULL);
+	}
+	emit_entry(s, s->spool_id, m.name);
+	emit_entry(s, s->archive_id, archived_name);
+	crash_point(s, "after_fsync");
+	if (s->keep)
+		goto out;
+	/* Now, and only now, the server's copy may go. */
+	if (session_need(s) < 0)
+		goto out; /* the next sync deletes it */
+	struct pop3_msg *pm = sess_find(&s->sess, m.message_id);
+	if (!pm)
+		goto out; /* gone from the server already */
+	r = pop3_client_dele(s->sess.client, pm->n);
+	if (r == POP3_RESULT_OK) {
+		s->sess.dirty = true;
+		crash_point(s, "after_dele");
+	} else if (r > 0) {
+		log_warn("%s: DELE of %s refused: %s", s->server, m.message_id,
+			 pop3_client_text(s->sess.client));
+	}
+out:
+	free(archived_name);
+	cache_msg_clear(&m);
+}
+
+/* rm in spool/: DELE, committed by the QUIT that settles the waiter. */
+static void do_remove(struct pstore *s, uint32_t uid, store_done_fn *done, void *ctx)
+{
+	struct cache_msg m;
+	struct commit *c;
+	unsigned num;
+	int r;
+
+	if (cache_msg_get(s->cache, s->spool_id, uid, &m) < 0) {
+		done(ctx, STORE_ERR_NOTFOUND, false);
+		return;
+	}
+	cache_msg_clear(&m);
+	if (session_need(s) < 0) {
+		done(ctx, STORE_ERR_OFFLINE, false);
+		return;
+	}
+	num = spool_number(s, uid, &m);
+	if (num == 0) {
+		/* Not on the server any more: that is what rm wanted. */
+		spool_gone(s, &m);
+		cache_msg_clear(&m);
+		done(ctx, STORE_OK, false);
+		return;
+	}
+	r = pop3_client_dele(s->sess.client, num);
+	if (r != POP3_RESULT_OK) {
+		if (r > 0)
+			log_warn("%s: DELE of %s refused: %s", s->server, m.name,
+				 pop3_client_text(s->sess.client));
+		cache_msg_clear(&m);
+		done(ctx, r > 0 ? STORE_ERR_REFUSED : STORE_ERR_IO, false);
+		return;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c || !(c->uidl = strdup(m.message_id))) {
+		free(c);
+		cache_msg_clear(&m);
+		/* Undo, or QUIT would delete it without telling anyone. */
+		pop3_client_rset(s->sess.client);
+		done(ctx, STORE_ERR_IO, false);
+		return;
+	}
+	c->uid = uid;
+	c->done = done;
+	c->ctx = ctx;
+	c->next = s->sess.commits;
+	s->sess.commits = c;
+	s->sess.dirty = true;
+	cache_msg_clear(&m);
+}
+
+/* ---- the worker ---- */
+
+static void finish_sync(struct pstore *s, enum store_error err)
+{
+	struct waiter *waiters;
+
+	pthread_mutex_lock(&s->lock);
+	if (err == STORE_OK)
+		s->spool_ready = true;
+	waiters = s->sync_waiters;
+	s->sync_waiters = NULL;
+	pthread_mutex_unlock(&s->lock);
+	call_waiters(waiters, err, false);
+}
+
+static void run_job(struct pstore *s, struct job *j)
+{
+	switch (j->kind) {
+	case JOB_SYNC: {
+		enum store_error err = STORE_OK;
+
+		/* A session's listing is fixed at its start: a fresh one
+		 * sees the new mail. */
+		session_end(s);
+		if (session_need(s) < 0) {
+			/* Offline with a listing from earlier: serve it. */
+			struct cache_folder f;
+
+			err = STORE_ERR_OFFLINE;
+			if (cache_folder_get(s->cache, s->spool_id, &f) == 0) {
+				if (f.last_sync > 0)
+					err = STORE_OK;
+				cache_folder_clear(&f);
+			}
+		} else if (do_sync(s) < 0) {
+			log_warn("%s: listing the maildrop: %s", s->server,
+				 pop3_client_error(s->sess.client));
+			err = STORE_ERR_IO;
+		}
+		finish_sync(s, err);
+		break;
+	}
+	case JOB_FETCH:
+		do_fetch(s, j->uid);
+		break;
+	case JOB_CONSUME:
+		do_consume(s, j->uid);
+		break;
+	case JOB_REMOVE:
+		do_remove(s, j->uid, j->done, j->ctx);
+		break;
+	case JOB_EMIT:
+		emit_entry(s, j->folder_id, j->name);
+		break;
+	}
+}
+
+/* Should the open session end now, the queue being empty? */
+static bool session_should_end(struct pstore *s)
+{
+	struct session *se = &s->sess;
+
+	if (!se->client)
+		return false;
+	if (se->commits || !pop3_client_alive(se->client))
+		return true;
+	return se->dirty && time(NULL) - se->started >= SESSION_MAX_SECONDS;
+}
+
+static void *worker_main(void *arg)
+{
+	struct pstore *s = arg;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		if (!s->stopping && !s->queue_head && s->sess.client) {
+			/* Idle with a session: linger a moment, then QUIT. */
+			struct timespec ts;
+			bool end = session_should_end(s);
+
+			if (!end) {
+				clock_gettime(CLOCK_REALTIME, &ts);
+				ts.tv_nsec += (long)LINGER_MS * 1000000L;
+				ts.tv_sec += ts.tv_nsec / 1000000000L;
+				ts.tv_nsec %= 1000000000L;
+				while (!s->stopping && !s->queue_head)
+					if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
+						break;
+				end = !s->stopping && !s->queue_head;
+			}
+			if (end) {
+				pthread_mutex_unlock(&s->lock);
+				session_end(s);
+				pthread_mutex_lock(&s->lock);
+			}
+			continue;
+		}
+		while (!s->stopping && !s->queue_head)
+			pthread_cond_wait(&s->cond, &s->lock);
+		if (s->stopping)
+			break;
+		struct job *j = s->queue_head;
+
+		s->queue_head = j->next;
+		if (!s->queue_head)
+			s->queue_tail = NULL;
+		if (j->kind == JOB_SYNC)
+			s->sync_queued = false;
+		pthread_mutex_unlock(&s->lock);
+		run_job(s, j);
+		/* An rm returns once QUIT has committed its DELE; a long
+		 * busy session commits now and then. */
+		if (s->sess.client && (s->sess.commits ||
+				       (s->sess.dirty && time(NULL) - s->sess.started >=
+							 SESSION_MAX_SECONDS)))
+			session_end(s);
+		free(j->name);
+		free(j);
+		pthread_mutex_lock(&s->lock);
+	}
+	/* Unmounting: what was read to its end is still consumed (the
+	 * kernel released the files before the unmount), then QUIT commits
+	 * it.  The other jobs fail in destroy. */
+	for (struct job **p = &s->queue_head; *p;) {
+		struct job *j = *p;
+
+		if (j->kind != JOB_CONSUME) {
+			p = &j->next;
+			continue;
+		}
+		*p = j->next;
+		pthread_mutex_unlock(&s->lock);
+		do_consume(s, j->uid);
+		free(j);
+		pthread_mutex_lock(&s->lock);
+		p = &s->queue_head;
+	}
+	s->queue_tail = NULL;
+	for (struct job *j = s->queue_head; j; j = j->next)
+		s->queue_tail = j;
+	pthread_mutex_unlock(&s->lock);
+	session_end(s);
+	return NULL;
+}
+
+static void *poller_main(void *arg)
+{
+	struct pstore *s = arg;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->stopping) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += s->poll_seconds;
+		while (!s->stopping && !s->poll_asked)
+			if (pthread_cond_timedwait(&s->poll_cond, &s->lock, &ts) == ETIMEDOUT)
+				break;
+		if (s->stopping)
+			break;
+		s->poll_asked = false;
+		queue_sync(s, false);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/* ---- store_ops ---- */
+
+static int pstore_start(struct store *base, const struct store_events *ev)
+{
+	struct pstore *s = (struct pstore *)base;
+
+	s->ev = *ev;
+	if (pthread_create(&s->worker, NULL, worker_main, s) != 0)
+		return -EAGAIN;
+	if (pthread_create(&s->poller, NULL, poller_main, s) != 0) {
+		pthread_mutex_lock(&s->lock);
+		s->stopping = true;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->worker, NULL);
+		s->stopping = false;
+		return -EAGAIN;
+	}
+	s->started = true;
+	return 0;
+}
+
+static bool pstore_folder_is_ready(struct store *base, int64_t folder_id)
+{
+	struct pstore *s = (struct pstore *)base;
+	bool ready = true;
+
+	if (folder_id == s->spool_id) {
+		pthread_mutex_lock(&s->lock);
+		ready = s->spool_ready;
+		pthread_mutex_unlock(&s->lock);
+	}
+	return ready;
+}
+
+static void pstore_folder_ready(struct store *base, int64_t folder_id,
+				store_done_fn *done, void *ctx)
+{
+	struct pstore *s = (struct pstore *)base;
+
+	pthread_mutex_lock(&s->lock);
+	if (folder_id != s->spool_id || s->spool_ready) {
+		pthread_mutex_unlock(&s->lock);
+		done(ctx, STORE_OK, false);
+		return;
+	}
+	if (!add_waiter(&s->sync_waiters, done, ctx)) {
+		pthread_mutex_unlock(&s->lock);
+		done(ctx, STORE_ERR_IO, false);
+		return;
+	}
+	queue_sync(s, true);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void pstore_fetch_body(struct store *base, int64_t folder_id, uint32_t uid,
+			      store_done_fn *done, void *ctx)
+{
+	struct pstore *s = (struct pstore *)base;
+	struct inflight *in;
+	struct job *j;
+
+	if (folder_id != s->spool_id) {
+		/* Archived bodies are pinned: one not cached is gone. */
+		done(ctx, STORE_ERR_NOTFOUND, false);
+		return;
+	}
+	pthread_mutex_lock(&s->lock);
+	for (in = s->inflight; in; in = in->next)
+		if (in->uid == uid)
+			break;
+	if (in) {
+		/* Already on its way (read-ahead, or another reader). */
+		bool ok = add_waiter(&in->waiters, done, ctx);
+
+		pthread_mutex_unlock(&s->lock);
+		if (!ok)
+			done(ctx, STORE_ERR_IO, false);
+		return;
+	}
+	in = calloc(1, sizeof(*in));
+	j = job_new(JOB_FETCH, folder_id, uid);
+	if (!in || !j || !add_waiter(&in->waiters, done, ctx)) {
+		free(in);
+		free(j);
+		pthread_mutex_unlock(&s->lock);
+		done(ctx, STORE_ERR_IO, false);
+		return;
+	}
+	in->uid = uid;
+	in->next = s->inflight;
+	s->inflight = in;
+	enqueue(s, j, true);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void pstore_remove(struct store *base, int64_t folder_id, uint32_t uid,
+			  store_done_fn *done, void *ctx)
+{
+	struct pstore *s = (struct pstore *)base;
+	struct cache_msg m;
+	struct job *j;
+	int r;
+
+	if (folder_id == s->archive_id) {
+		/* The local copy only: no session needed.  fs/ hears of the
+		 * name from the worker, never inside its own handler. */
+		if (cache_msg_get(s->cache, folder_id, uid, &m) < 0) {
+			done(ctx, STORE_ERR_NOTFOUND, false);
+			return;
+		}
+		r = cache_msg_delete(s->cache, folder_id, uid);
+		done(ctx, r == 0 ? STORE_OK : r == -ENOENT ? STORE_ERR_NOTFOUND : STORE_ERR_IO,
+		     false);
+		pthread_mutex_lock(&s->lock);
+		j = r == 0 ? job_new(JOB_EMIT, folder_id, uid) : NULL;
+		if (j) {
+			j->name = m.name;
+			m.name = NULL;
+			enqueue(s, j, true);
+		}
+		pthread_mutex_unlock(&s->lock);
+		cache_msg_clear(&m);
+		return;
+	}
+	if (folder_id != s->spool_id) {
+		done(ctx, STORE_ERR_NOTFOUND, false);
+		return;
+	}
+	pthread_mutex_lock(&s->lock);
+	j = job_new(JOB_REMOVE, folder_id, uid);
+	if (!j) {
+		pthread_mutex_unlock(&s->lock);
+		done(ctx, STORE_ERR_IO, false);
+		return;
+	}
+	j->done = done;
+	j->ctx = ctx;
+	enqueue(s, j, true);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void pstore_consume(struct store *base, int64_t folder_id, uint32_t uid)
+{
+	struct pstore *s = (struct pstore *)base;
+	struct job *j;
+
+	if (folder_id != s->spool_id)
+		return; /* archive/: reading there consumes nothing */
+	pthread_mutex_lock(&s->lock);
+	j = job_new(JOB_CONSUME, folder_id, uid);
+	if (j)
+		enqueue(s, j, false);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void pstore_status(struct store *base, struct store_status *st)
+{
+	struct pstore *s = (struct pstore *)base;
+
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&s->lock);
+	st->state = s->online ? "online" : "offline";
+	snprintf(st->server, sizeof(st->server), "%s", s->server);
+	st->pending = 0;
+	st->last_sync = s->last_sync;
+	st->fetches = s->fetches;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void pstore_sync_now(struct store *base)
+{
+	struct pstore *s = (struct pstore *)base;
+
+	pthread_mutex_lock(&s->lock);
+	s->poll_asked = true;
+	pthread_cond_signal(&s->poll_cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void pstore_destroy(struct store **basep)
+{
+	struct pstore *s = (struct pstore *)*basep;
+
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	s->stopping = true;
+	pthread_cond_broadcast(&s->cond);
+	pthread_cond_broadcast(&s->poll_cond);
+	pthread_mutex_unlock(&s->lock);
+	if (s->started) {
+		pthread_join(s->worker, NULL);
+		pthread_join(s->poller, NULL);
+	} else {
+		session_end(s);
+	}
+	while (s->queue_head) {
+		struct job *j = s->queue_head;
+
+		s->queue_head = j->next;
+		if (j->kind == JOB_REMOVE)
+			j->done(j->ctx, STORE_ERR_IO, false);
+		free(j->name);
+		free(j);
+	}
+	call_waiters(s->sync_waiters, STORE_ERR_IO, false);
+	while (s->inflight) {
+		struct inflight *in = s->inflight;
+
+		s->inflight = in->next;
+		call_waiters(in->waiters, STORE_ERR_IO, false);
+		free(in);
+	}
+	if (s->password) {
+		OPENSSL_cleanse(s->password, strlen(s->password));
+		free(s->password);
+	}
+	free(s->cafile);
+	free(s->url.user);
+	free(s->url.host);
+	free(s->url.scheme);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->cond);
+	pthread_cond_destroy(&s->poll_cond);
+	free(s);
+	*basep = NULL;
+}
+
+static const struct store_ops pstore_ops = {
+	.start = pstore_start,
+	.folder_is_ready = pstore_folder_is_ready,
+	.folder_ready = pstore_folder_ready,
+	.fetch_body = pstore_fetch_body,
+	.status = pstore_status,
+	.sync_now = pstore_sync_now,
+	.remove = pstore_remove,
+	.consume = pstore_consume,
+	.destroy = pstore_destroy,
+};
+
+/* The two folders; archive's messages are pinned as they arrive. */
+static int make_folders(struct pstore *s, const char **error_r)
+{
+	static __thread char err[512];
+	int r = cache_folder_put(s->cache, 0, SPOOL_NAME, SPOOL_SERVER_NAME, 0, &s->spool_id);
+
+	if (r == 0)
+		r = cache_folder_put(s->cache, 0, ARCHIVE_NAME, ARCHIVE_SERVER_NAME, 0,
+				     &s->archive_id);
+	if (r == -EEXIST) {
+		snprintf(err, sizeof(err),
+			 "the cache directory already holds another account's folders "
+			 "(choose another with -o cache_dir=DIR)");
+		*error_r = err;
+		return -1;
+	}
+	if (r < 0) {
+		snprintf(err, sizeof(err), "cannot create the spool and archive folders in the cache: %s",
+			 strerror(-r));
+		*error_r = err;
+		return -1;
+	}
+	return 0;
+}
+
+struct store *pop3_store_new(const struct pop3_store_opts *o, bool *auth_failed_r,
+			     const char **error_r)
+{
+	struct pstore *s = calloc(1, sizeof(*s));
+	const char *crash;
+	char *canon;
+
+	if (auth_failed_r)
+		*auth_failed_r = false;
+	if (!s) {
+		*error_r = "out of memory";
+		return NULL;
+	}
+	s->base.ops = &pstore_ops;
+	s->base.caps = STORE_CAP_READ_ONCE;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	pthread_cond_init(&s->poll_cond, NULL);
+	s->url = *o->url;
+	s->url.user = strdup(o->url->user);
+	s->url.host = strdup(o->url->host);
+	s->url.scheme = strdup(o->url->scheme);
+	s->password = strdup(o->password);
+	s->cafile = o->cafile ? strdup(o->cafile) : NULL;
+	s->insecure = o->insecure;
+	s->names_uid = o->names_uid;
+	s->keep = o->keep;
+	s->cache = o->cache;
+	s->poll_seconds = o->poll_seconds ? o->poll_seconds : 60;
+	crash = getenv("MAILFS_TEST_CRASH_AT");
+	s->crash_at = crash && *crash ? crash : NULL;
+	canon = url_to_string(o->url);
+	snprintf(s->server, sizeof(s->server), "%s", canon ? canon : o->url->host);
+	free(canon);
+	if (!s->url.user || !s->url.host || !s->url.scheme || !s->password ||
+	    (o->cafile && !s->cafile)) {
+		*error_r = "out of memory";
+		goto fail;
+	}
+	if (make_folders(s, error_r) < 0)
+		goto fail;
+	/* The first session logs in and lists on this thread, so that a
+	 * wrong password or an untrusted certificate fails the command. */
+	if (session_open(s, auth_failed_r, error_r) < 0)
+		goto fail;
+	if (do_sync(s) < 0) {
+		static __thread char err[512];
+
+		snprintf(err, sizeof(err), "%s: listing the maildrop failed: %s", o->url->host,
+			 pop3_client_error(s->sess.client));
+		*error_r = err;
+		pop3_client_close(&s->sess.client);
+		goto fail;
+	}
+	/* Commit the deletions of earlier consumes, free the maildrop. */
+	session_end(s);
+	s->spool_ready = true;
+	s->online = true;
+	return &s->base;
+fail:
+	{
+		struct store *b = &s->base;
+
+		pstore_destroy(&b);
+	}
+	return NULL;
+}
