@@ -293,8 +293,11 @@ int main(int argc, char **argv)
 		size_t n;
 
 		if (cache_folder_list(cache, &fl, &n) == 0) {
+			/* Local-only folders (POP3's archive, server names
+			 * starting with \x01) hold the only copy: keep them. */
 			for (size_t i = 0; i < n; i++)
-				cache_folder_reset(cache, fl[i].id);
+				if (fl[i].server_name[0] != '\x01')
+					cache_folder_reset(cache, fl[i].id);
 			cache_folder_list_free(fl, n);
 		}
 	}
@@ -412,6 +415,15 @@ out:
 	cache_close(&cache);
 	free(fsname_opt);
 	free(tmp_dir);
+	free(cfg.source);
+	free(cfg.mountpoint);
+	free(cfg.password_file);
+	free(cfg.password_command);
+	free(cfg.cafile);
+	free(cfg.cache_dir);
+	free(cfg.cache_size);
+	free(cfg.names);
+	free(cfg.delete_mode);
 	free(cache_dir);
 	free(fopts.mountpoint);
 	fuse_opt_free_args(&args);

@@ -1,0 +1,540 @@
+"""POP3: the maildrop mounted as a read-once spool.
+
+Each test gets its own user on the shared Dovecot, loads a few messages over IMAP (Dovecot
+serves the same maildrop over POP3), and mounts it with pop3s:// (or pop3:// with STLS).
+Every check is against what the server itself says through a second client (poplib UIDL,
+LIST, TOP, RETR; imaplib for the bytes), never against mailfs.  Messages carry a unique
+Subject token, so a file in spool/ or archive/ is matched to its server copy by name.
+
+Also here: a scripted fake POP3 server (a thread in this process) for what Dovecot will not
+do: a server without UIDL, and data injected after the +OK to STLS.
+
+Contract: /work/shared/SPEC.md ("The tree (POP3)", the `keep` option, "Bad input and
+failure": nothing is lost).
+"""
+import os
+import poplib
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import run
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+def make_msg(token, i, body_lines=3, extra=b""):
+    """A message with CRLF line ends and a unique Subject, with dot-stuffing bait."""
+    lines = [b"From: Sender %d <sender%d@example.com>" % (i, i),
+             b"To: rcpt@example.com",
+             b"Subject: %s-%03d" % (token.encode(), i),
+             b"Date: Mon, 02 Jun 2025 10:%02d:00 +0000" % (i % 60),
+             b"Message-ID: <%s.%d@example.com>" % (token.encode(), i),
+             b""]
+    for k in range(body_lines):
+        lines.append(b"line %d of message %d" % (k, i))
+    lines += [b".", b"..two dots", b".leading dot", b"end"]
+    return b"\r\n".join(lines) + b"\r\n" + extra
+
+
+def subject_of(raw):
+    m = re.search(rb"^Subject: (.*?)\r?$", raw, re.M)
+    return m.group(1).decode() if m else None
+
+
+class Pop:
+    """A poplib view of one user's maildrop, one short session per call."""
+
+    def __init__(self, user):
+        self.user = user
+        self.srv = user.server
+
+    def _session(self):
+        ctx = ssl.create_default_context(cafile=self.srv.cert)
+        c = poplib.POP3_SSL("127.0.0.1", self.srv.ports["pop3s"], context=ctx, timeout=60)
+        c.user(self.user.name)
+        c.pass_(self.user.password)
+        return c
+
+    def uidls(self):
+        """{uidl: (n, size)}"""
+        c = self._session()
+        try:
+            sizes = {int(n): int(s) for n, s in (x.split() for x in c.list()[1])}
+            out = {}
+            for line in c.uidl()[1]:
+                n, u = line.split()
+                out[u.decode()] = (int(n), sizes[int(n)])
+            return out
+        finally:
+            c.quit()
+
+    def subjects(self):
+        """{subject: uidl} from TOP n 0."""
+        c = self._session()
+        try:
+            out = {}
+            for line in c.uidl()[1]:
+                n, u = line.split()
+                head = b"\r\n".join(c.top(int(n), 0)[1])
+                out[subject_of(head)] = u.decode()
+            return out
+        finally:
+            c.quit()
+
+
+def wait_for(cond, timeout=15.0, step=0.1):
+    deadline = time.time() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.time() > deadline:
+            return v
+        time.sleep(step)
+
+
+def by_subject(folder):
+    """{subject: file name} of the .eml files in folder (subject read from the name)."""
+    out = {}
+    for name in os.listdir(folder):
+        m = re.search(r"- (\S+-\d{3})", name)
+        if m:
+            out[m.group(1)] = name
+    return out
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def loaded(user):
+    """The user with 5 messages in INBOX; returns (user, token, {subject: raw})."""
+    token = "t%x" % (int(time.time() * 1000) % 0xffffff)
+    msgs = [make_msg(token, i) for i in range(5)]
+    user.append_many("INBOX", msgs)
+    return user, token, {subject_of(m): m for m in msgs}
+
+
+def spool(m):
+    return os.path.join(m.path, "spool")
+
+
+def archive(m):
+    return os.path.join(m.path, "archive")
+
+
+# --------------------------------------------------------------------------
+# listing and reading
+
+def test_tree_and_listing_match_server(loaded, mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    assert sorted(os.listdir(m.path)) == [".mailfs", "archive", "spool"]
+    assert os.listdir(archive(m)) == []
+    names = by_subject(spool(m))
+    server = Pop(user).subjects()
+    sizes = Pop(user).uidls()
+    assert sorted(names) == sorted(server) == sorted(msgs)
+    for subj, name in names.items():
+        st = os.stat(os.path.join(spool(m), name))
+        assert st.st_size == sizes[server[subj]][1] == len(msgs[subj])
+        assert oct(st.st_mode & 0o777) == oct(0o600)
+        assert name.startswith("2025-06-02 10.") and name.endswith(".eml")
+    status = m.status()
+    assert status["state"] == "online"
+    assert status["server"].startswith("pop3s://%s@" % user.name)
+
+
+def test_cat_archives_then_deletes_on_server(loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    uidl_of = pop.subjects()
+    m = mount(user, scheme="pop3s")
+    names = by_subject(spool(m))
+    subj = sorted(names)[1]
+    data = read(os.path.join(spool(m), names[subj]))
+    assert data == msgs[subj]
+    # It leaves spool/ and appears in archive/ with the same name and bytes.
+    assert wait_for(lambda: names[subj] in os.listdir(archive(m)))
+    assert names[subj] not in os.listdir(spool(m))
+    assert read(os.path.join(archive(m), names[subj])) == msgs[subj]
+    # And the server's copy is gone (DELE + QUIT), the others untouched.
+    gone = wait_for(lambda: uidl_of[subj] not in pop.uidls())
+    assert gone, "message still on the server after being consumed"
+    left = pop.uidls()
+    assert sorted(left) == sorted(u for s, u in uidl_of.items() if s != subj)
+    # Reading the archived copy consumes nothing more.
+    assert read(os.path.join(archive(m), names[subj])) == msgs[subj]
+    time.sleep(1.5)
+    assert sorted(pop.uidls()) == sorted(left)
+    assert len(os.listdir(spool(m))) == 4
+
+
+def test_unmount_right_after_reading_still_consumes(loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    uidl_of = pop.subjects()
+    m = mount(user, scheme="pop3s")
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    assert read(os.path.join(spool(m), names[subj])) == msgs[subj]
+    problems = m.unmount()
+    assert not problems, problems
+    assert uidl_of[subj] not in pop.uidls()
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir)
+    assert os.listdir(archive(m2)) == [names[subj]]
+    assert read(os.path.join(archive(m2), names[subj])) == msgs[subj]
+    assert sorted(by_subject(spool(m2))) == sorted(s for s in msgs if s != subj)
+
+
+def test_partial_read_consumes_nothing(loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    before = pop.uidls()
+    m = mount(user, scheme="pop3s")
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    r = run(["head", "-c", "100", os.path.join(spool(m), names[subj])])
+    assert r.returncode == 0 and r.stdout == msgs[subj][:100]
+    time.sleep(3)
+    assert names[subj] in os.listdir(spool(m))
+    assert os.listdir(archive(m)) == []
+    assert pop.uidls() == before
+
+
+def test_keep_offers_each_message_once_across_remount(loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    before = pop.uidls()
+    m = mount(user, scheme="pop3s", options=["keep"])
+    names = by_subject(spool(m))
+    subj = sorted(names)[2]
+    assert read(os.path.join(spool(m), names[subj])) == msgs[subj]
+    assert wait_for(lambda: names[subj] in os.listdir(archive(m)))
+    assert names[subj] not in os.listdir(spool(m))
+    time.sleep(2)
+    assert pop.uidls() == before, "keep: the server copy must stay"
+    problems = m.unmount()
+    assert not problems, problems
+    m2 = mount(user, scheme="pop3s", options=["keep"], cache_dir=m.cache_dir)
+    names2 = by_subject(spool(m2))
+    assert sorted(names2) == sorted(s for s in msgs if s != subj)
+    assert os.listdir(archive(m2)) == [names[subj]]
+    assert read(os.path.join(archive(m2), names[subj])) == msgs[subj]
+    assert pop.uidls() == before
+
+
+def test_rm_in_spool_deletes_on_server_without_archiving(loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    uidl_of = pop.subjects()
+    m = mount(user, scheme="pop3s")
+    names = by_subject(spool(m))
+    subj = sorted(names)[3]
+    os.unlink(os.path.join(spool(m), names[subj]))
+    # rm returns once QUIT has committed the DELE.
+    assert uidl_of[subj] not in pop.uidls()
+    assert names[subj] not in os.listdir(spool(m))
+    assert os.listdir(archive(m)) == []
+    assert len(pop.uidls()) == 4
+
+
+def test_rm_in_archive_deletes_the_local_copy(loaded, mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    names = by_subject(spool(m))
+    subj = sorted(names)[4]
+    read(os.path.join(spool(m), names[subj]))
+    assert wait_for(lambda: names[subj] in os.listdir(archive(m)))
+    os.unlink(os.path.join(archive(m), names[subj]))
+    assert os.listdir(archive(m)) == []
+    # Not offered again either.
+    time.sleep(1.5)
+    with open(os.path.join(m.path, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")
+    time.sleep(2)
+    assert subj not in by_subject(spool(m))
+
+
+def test_new_mail_appears_within_poll(loaded, mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s", options=["poll=2"])
+    assert len(os.listdir(spool(m))) == 5
+    new = make_msg(token, 77)
+    t0 = time.time()
+    user.append_many("INBOX", [new])
+    name = wait_for(lambda: by_subject(spool(m)).get(subject_of(new)), timeout=10)
+    took = time.time() - t0
+    assert name, "new mail did not show up in spool/"
+    assert took < 2 + 3, "took %.1f s with poll=2" % took
+    assert read(os.path.join(spool(m), name)) == new
+
+
+def test_large_message_is_byte_identical(user, mount, report):
+    token = "big%x" % (int(time.time()) % 0xffff)
+    # 1.5 MB: long lines, lines of dots, a line that is only ".", 8-bit bytes.
+    chunk = b"".join(b".%05d " % k + bytes(range(0x40, 0x7e)) * 20 + b"\r\n" for k in range(1000))
+    extra = chunk + b"x" * 100000 + b"\r\n.\r\n..\r\n" + chunk
+    big = make_msg(token, 1, body_lines=2000, extra=extra)
+    assert len(big) > 1_000_000
+    user.append_many("INBOX", [big])
+    imap_bytes = list(user.account().fetch_all("INBOX").values())[0]
+    assert imap_bytes == big
+    m = mount(user, scheme="pop3s")
+    name = by_subject(spool(m))[subject_of(big)]
+    assert os.stat(os.path.join(spool(m), name)).st_size == len(big)
+    t0 = time.time()
+    data = read(os.path.join(spool(m), name))
+    report("pop3: RETR of a %.1f MB message through the mount: %.2f s" % (
+        len(big) / 1e6, time.time() - t0))
+    assert data == big
+    assert wait_for(lambda: name in os.listdir(archive(m)))
+    assert read(os.path.join(archive(m), name)) == big
+    assert wait_for(lambda: Pop(user).uidls() == {})
+
+
+# --------------------------------------------------------------------------
+# STLS
+
+def test_pop3_with_stls(loaded, mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3")
+    assert sorted(by_subject(spool(m))) == sorted(msgs)
+    assert m.status()["server"].startswith("pop3://")
+
+
+def test_server_without_stls_is_refused(plain_server, make_user, try_mount):
+    u = make_user("nostls", srv=plain_server)
+    a = try_mount(u, scheme="pop3", srv=plain_server)
+    assert a.rc not in (0, None), a
+    assert not a.leftover, a.leftover
+    assert len(a.lines) == 1, a.lines
+    assert "does not offer STLS" in a.stderr and "pop3s://" in a.stderr, a.stderr
+    assert a.seconds < 20
+
+
+class FakePop3:
+    """A scripted POP3 server on 127.0.0.1: `script` maps a command verb to the raw bytes
+    answered; the greeting is sent first.  One connection at a time."""
+
+    def __init__(self, script, greeting=b"+OK fake ready\r\n"):
+        self.script = script
+        self.greeting = greeting
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.commands = []
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            c.settimeout(10)
+            try:
+                c.sendall(self.greeting)
+                buf = b""
+                while True:
+                    data = c.recv(4096)
+                    if not data:
+                        break
+                    buf += data
+                    while b"\r\n" in buf:
+                        line, buf = buf.split(b"\r\n", 1)
+                        verb = line.split(b" ")[0].upper().decode(errors="replace")
+                        self.commands.append(verb)
+                        c.sendall(self.script.get(verb, b"-ERR unknown\r\n"))
+                        if verb == "QUIT":
+                            raise ConnectionAbortedError
+            except (OSError, ConnectionAbortedError):
+                pass
+            finally:
+                c.close()
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def fake_pop3():
+    made = []
+
+    def make(script, **kw):
+        f = FakePop3(script, **kw)
+        made.append(f)
+        return f
+    yield make
+    for f in made:
+        f.close()
+
+
+def _pwfile(tmp_path):
+    p = tmp_path / "pw"
+    p.write_text("secret\n")
+    os.chmod(p, 0o600)
+    return str(p)
+
+
+def test_server_without_uidl_is_refused(fake_pop3, try_mount, tmp_path):
+    f = fake_pop3({
+        "CAPA": b"+OK\r\nUSER\r\nTOP\r\n.\r\n",
+        "USER": b"+OK\r\n",
+        "PASS": b"+OK logged in\r\n",
+        "UIDL": b"-ERR what is that\r\n",
+        "QUIT": b"+OK bye\r\n",
+    })
+    a = try_mount(None, source="pop3://alice@127.0.0.1:%d" % f.port,
+                  password_file=_pwfile(tmp_path), cafile=False, options=["insecure"])
+    assert a.rc not in (0, None), a
+    assert not a.leftover, a.leftover
+    err = [ln for ln in a.lines if "UIDL" in ln]
+    assert err and "does not support UIDL; mailfs needs it to read each message once" in err[0], \
+        a.stderr
+    assert "PASS" in f.commands and "STLS" not in f.commands
+
+
+def test_data_injected_after_stls_is_refused(fake_pop3, try_mount, tmp_path):
+    f = fake_pop3({
+        "CAPA": b"+OK\r\nSTLS\r\nUSER\r\nUIDL\r\n.\r\n",
+        # The +OK and an injected answer in one segment, as a MITM would.
+        "STLS": b"+OK Begin TLS negotiation\r\n+OK injected\r\n",
+    })
+    a = try_mount(None, source="pop3://alice@127.0.0.1:%d" % f.port,
+                  password_file=_pwfile(tmp_path), cafile=False)
+    assert a.rc not in (0, None), a
+    assert "data injected after STLS" in a.stderr, a.stderr
+    assert len(a.lines) == 1, a.lines
+    assert "USER" not in f.commands and "PASS" not in f.commands
+
+
+# --------------------------------------------------------------------------
+# crashes: nothing lost, nothing twice
+
+@pytest.mark.parametrize("point", ["after_retr", "after_fsync", "after_dele"])
+def test_kill_during_consume_loses_and_duplicates_nothing(point, loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": point})
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    try:
+        data = read(os.path.join(spool(m), names[subj]))
+        assert data == msgs[subj]
+    except OSError:
+        pass
+    # The daemon kills itself at the point; then the mount is dead.
+    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash at %s" % point
+    assert m.proc.returncode == -9, m.log()
+    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
+    m.unmounted = True  # handled here: the fixture would call the crash a failure
+
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir)
+    on_server = pop.subjects()
+    in_archive = by_subject(archive(m2))
+    in_spool = by_subject(spool(m2))
+    for s in msgs:
+        count = (s in on_server) + (s in in_archive)
+        assert count == 1, "%s: on server %s, in archive %s (crash %s)" % (
+            s, s in on_server, s in in_archive, point)
+    assert sorted(in_spool) == sorted(on_server)
+    if point == "after_retr":
+        assert subj in on_server and not in_archive
+    else:
+        assert subj in in_archive and read(os.path.join(archive(m2), in_archive[subj])) == msgs[subj]
+    # Reading every spool message now ends with all of them archived exactly once.
+    for name in os.listdir(spool(m2)):
+        read(os.path.join(spool(m2), name))
+    assert wait_for(lambda: pop.uidls() == {}, timeout=20)
+    assert sorted(by_subject(archive(m2))) == sorted(msgs)
+    assert len(os.listdir(archive(m2))) == len(msgs)
+    for s, name in by_subject(archive(m2)).items():
+        assert read(os.path.join(archive(m2), name)) == msgs[s]
+
+
+# --------------------------------------------------------------------------
+# -d traces never show a password
+
+def test_trace_redacts_sasl_credentials(loaded, mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3", debug=True)
+    assert len(os.listdir(spool(m))) == 5
+    log = m.log()
+    assert "AUTH PLAIN <credentials redacted>" in log, log[-2000:]
+    assert user.password not in log
+    import base64
+    cred = base64.b64encode(b"\0" + user.name.encode() + b"\0" + user.password.encode()).decode()
+    assert cred not in log
+
+
+def test_trace_redacts_pass(fake_pop3, mount, tmp_path):
+    f = fake_pop3({
+        "CAPA": b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\n.\r\n",
+        "USER": b"+OK\r\n",
+        "PASS": b"+OK logged in\r\n",
+        "STAT": b"+OK 0 0\r\n",
+        "UIDL": b"+OK\r\n.\r\n",
+        "LIST": b"+OK\r\n.\r\n",
+        "QUIT": b"+OK bye\r\n",
+    })
+    m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
+              cafile=False, options=["insecure"], debug=True,
+              allow=[r"warning: insecure: "])
+    assert os.listdir(spool(m)) == []
+    log = m.log()
+    assert "PASS <password redacted>" in log, log[-2000:]
+    assert "secret" not in log
+
+
+# --------------------------------------------------------------------------
+# hostile input
+
+def test_duplicate_uidls_are_left_alone(fake_pop3, mount, tmp_path):
+    f = fake_pop3({
+        "CAPA": b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\n.\r\n",
+        "USER": b"+OK\r\n",
+        "PASS": b"+OK logged in\r\n",
+        "STAT": b"+OK 3 300\r\n",
+        "UIDL": b"+OK\r\n1 same\r\n2 same\r\n3 other\r\n.\r\n",
+        "LIST": b"+OK\r\n1 100\r\n2 100\r\n3 100\r\n.\r\n",
+        "TOP": b"+OK\r\nFrom: x@example.com\r\nSubject: only-003\r\n\r\n.\r\n",
+        "QUIT": b"+OK bye\r\n",
+    })
+    m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
+              cafile=False, options=["insecure"],
+              allow=[r"warning: insecure: ", r"gives UIDL same to 2 messages"])
+    names = os.listdir(spool(m))
+    assert len(names) == 1 and "only-003" in names[0], names
+    assert "DELE" not in f.commands
+
+
+def test_hostile_headers_make_safe_names(user, mount):
+    raw = (b"From: \"../../etc\" <evil@example.com>\r\n"
+           b"Subject: a/b/../c \x01\x02\x1b[31m =?utf-8?b?Ly4uLy4u?= \xff\xfe end\r\n"
+           b"Date: not a date\r\n\r\nbody\r\n")
+    user.append_many("INBOX", [raw])
+    m = mount(user, scheme="pop3s")
+    names = os.listdir(spool(m))
+    assert len(names) == 1, names
+    name = names[0]
+    assert "/" not in name and not name.startswith(".") and name.endswith(".eml")
+    assert all(ord(ch) >= 0x20 for ch in name), repr(name)
+    assert read(os.path.join(spool(m), name)) == raw
