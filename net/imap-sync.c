@@ -709,7 +709,8 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 	if (expunged && nuids > 0) {
 		size_t gone = 0;
 
-		qsort(mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32);
+		if (mc->nseen)
+			qsort(mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32);
 		for (size_t i = 0; i < nuids; i++) {
 			if (mc->nseen && bsearch(&uids[i], mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32))
 				continue;
