@@ -159,7 +159,8 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 		r = -1;
 		goto out;
 	}
-	qsort(lc.e, lc.n, sizeof(*lc.e), cmp_depth);
+	if (lc.n)
+		qsort(lc.e, lc.n, sizeof(*lc.e), cmp_depth);
 	seen_ids = calloc(lc.n * 2 + 1, sizeof(*seen_ids));
 	if (!seen_ids) {
 		r = -1;
