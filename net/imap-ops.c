@@ -281,12 +281,29 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 				     op->name) == 0) {
 		imap_store_emit_entry(s, op->folder_id, m.name);
 		imap_store_emit_entry(s, op->to_folder_id, op->name);
-	} else {
-		/* No COPYUID: the destination's next sync finds it (under a
-		 * name of our making). */
-		cache_msg_delete(s->cache, op->folder_id, op->uid);
-		imap_store_emit_entry(s, op->folder_id, m.name);
+		goto out;
+	}
+	cache_msg_delete(s->cache, op->folder_id, op->uid);
+	imap_store_emit_entry(s, op->folder_id, m.name);
+	if (!newuid) {
+		/* No COPYUID: the destination's sync finds it (under a name
+		 * of our making). */
 		imap_sync_folder(w, op->to_folder_id);
+		goto out;
+	}
+	/* A sync of the destination (IDLE saw the message arrive) listed it
+	 * first, under a name of its own: give it the name mv gave it. */
+	struct cache_msg there;
+	if (cache_msg_get(s->cache, op->to_folder_id, newuid, &there) < 0)
+		imap_sync_folder(w, op->to_folder_id);
+	else
+		cache_msg_clear(&there);
+	if (cache_msg_get(s->cache, op->to_folder_id, newuid, &there) == 0) {
+		if (strcmp(there.name, op->name) != 0 &&
+		    cache_msg_rename(s->cache, op->to_folder_id, newuid, op->name) == 0)
+			imap_store_emit_entry(s, op->to_folder_id, there.name);
+		imap_store_emit_entry(s, op->to_folder_id, op->name);
+		cache_msg_clear(&there);
 	}
 out:
 	cache_folder_clear(&f);
