@@ -7,7 +7,9 @@
  *   - whitespace (ASCII space, TAB, LF, VT, FF, CR and the Unicode space,
  *     line and paragraph separators) is collapsed into one ' ' per run and
  *     trimmed at both ends;
- *   - '/', C0 controls, DEL and C1 controls (U+0080-U+009F) become '_';
+ *   - '/', C0 controls, DEL and C1 controls (U+0080-U+009F), bidi
+ *     overrides/isolates (U+202A-U+202E, U+2066-U+2069) and U+FEFF
+ *     become '_';
  *   - everything else is kept as is.
  * A whole name is then cut to NAMES_BASE_MAX bytes at a character
  * boundary, trailing spaces trimmed again, "" becomes "_", "." and ".."
@@ -54,7 +56,12 @@ static bool names_is_space(gunichar c)
 
 static bool names_is_control(gunichar c)
 {
-	return c < 0x20 || (c >= 0x7f && c <= 0x9f);
+	/* Besides C0, DEL and C1: the bidirectional overrides, embeddings
+	 * and isolates and the BOM, with which a subject could make a file
+	 * manager show "invoice.pdf" for a name that ends in ".eml". */
+	return c < 0x20 || (c >= 0x7f && c <= 0x9f) ||
+	       (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069) ||
+	       c == 0xfeff;
 }
 
 /* Append the sanitized form of valid UTF-8 text to out. */

@@ -362,6 +362,7 @@ enum password_keyring_result {
 	PASSWORD_KEYRING_FOUND,
 	PASSWORD_KEYRING_NOT_FOUND,
 	PASSWORD_KEYRING_ABSENT,
+	PASSWORD_KEYRING_LOCKED, /* an entry exists in a locked keyring */
 };
 
 static enum password_keyring_result
@@ -395,6 +396,21 @@ password_keyring_lookup(const struct url *url, char **password_r)
 		*password_r = strdup(secret);
 		ret = *password_r != NULL ? PASSWORD_KEYRING_FOUND :
 					    PASSWORD_KEYRING_NOT_FOUND;
+	} else {
+		/* Nothing came back: also what a locked keyring whose unlock
+		 * prompt could not be shown looks like.  Look again without
+		 * unlocking, so that the user is told the right thing. */
+		GList *items = secret_password_search_sync(
+			&password_schema, SECRET_SEARCH_ALL, NULL, NULL,
+			"protocol", password_protocol(url),
+			"user", url->user,
+			"host", url->host,
+			"port", (gint)url->port,
+			NULL);
+
+		if (items != NULL)
+			ret = PASSWORD_KEYRING_LOCKED;
+		g_list_free_full(items, g_object_unref);
 	}
 	/* Wipes the secure memory before freeing it. */
 	secret_password_free(secret);
@@ -655,10 +671,15 @@ int password_get(const struct url *url, const struct password_opts *opts,
 		ret = 0;
 		goto cleanup;
 	}
-	*error_r = password_errorf("no password for %s: " PASSWORD_HOW "%s",
-				   account, kr == PASSWORD_KEYRING_ABSENT ?
-				   " (no Secret Service keyring is running)" :
-				   "");
+	if (kr == PASSWORD_KEYRING_LOCKED)
+		*error_r = password_errorf("the keyring holding the password for %s is locked: "
+					   "unlock it, or use -o password_file=FILE or "
+					   "-o password_command=CMD", account);
+	else
+		*error_r = password_errorf("no password for %s: " PASSWORD_HOW "%s",
+					   account, kr == PASSWORD_KEYRING_ABSENT ?
+					   " (no Secret Service keyring is running)" :
+					   "");
 cleanup:
 	OPENSSL_cleanse(buf, sizeof(buf));
 	return ret;

@@ -434,5 +434,13 @@ int main(void)
 	test_long();
 	test_folders();
 	test_properties();
+		/* Bidi overrides cannot disguise the extension. */
+	{
+		char *n = names_message_base(0, "x", NULL, "invoice\xe2\x80\xae" "fdp.exe");
+
+		CHECK(n != NULL && strstr(n, "\xe2\x80\xae") == NULL);
+		CHECK(n != NULL && strstr(n, "invoice_fdp.exe") != NULL);
+		free(n);
+	}
 	return check_exit();
 }
