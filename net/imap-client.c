@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <poll.h>
 
@@ -50,7 +51,23 @@ struct imap_client {
 	char code_args[256]; /* the code's other arguments, space-separated */
 	char error[256];
 	char *rbuf;
+	int64_t deadline; /* monotonic ms by which the wait must end, 0: none */
+	int deadline_s;
 };
+
+static int64_t monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void imap_client_set_deadline(struct imap_client *c, int seconds)
+{
+	c->deadline_s = seconds;
+	c->deadline = seconds > 0 ? monotonic_ms() + (int64_t)seconds * 1000 : 0;
+}
 
 static __thread char client_error[512];
 
@@ -239,8 +256,18 @@ static int read_response(struct imap_client *c, const struct imap_response **res
 			return (int)n;
 		}
 		if (imap_parser_feed(c->parser, c->rbuf, (size_t)n) < 0) {
-			set_error(c, "malformed response from server");
+			const struct imap_response *ignored;
+
+			/* The parser says why (a limit, a syntax error). */
+			if (imap_parser_next(c->parser, &ignored, &perr) >= 0)
+				perr = "unexpected input";
+			set_error(c, "malformed response from server: %s", perr);
 			return -EPROTO;
+		}
+		if (c->deadline && monotonic_ms() > c->deadline) {
+			set_error(c, "the server is too slow: no complete answer in %d s",
+				  c->deadline_s);
+			return -ETIMEDOUT;
 		}
 	}
 }

@@ -103,6 +103,12 @@ int imap_client_poll(struct imap_client *client, int timeout_ms,
 /* Send one untagged line (IDLE's "DONE"). 0 or a negative errno. */
 int imap_client_raw(struct imap_client *client, const char *line);
 
+/* Bound the total time of what follows, until cleared with 0: a server
+ * that trickles bytes never trips the per-read timeout, so a wait that
+ * passes the deadline fails with -ETIMEDOUT (and the connection is
+ * dropped). */
+void imap_client_set_deadline(struct imap_client *client, int seconds);
+
 /* Send and wait in one go. */
 int imap_client_run(struct imap_client *client, imap_untagged_fn *cb,
 		    void *ctx, const char *fmt, ...)

@@ -167,8 +167,11 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 				continue;
 		}
 		s->fetches++;
+		/* A minute, plus time for the bytes at a slow 128 KiB/s. */
+		imap_client_set_deadline(w->client, 60 + (int)(bytes / (128 * 1024)));
 		r = imap_client_run(w->client, on_body, &bc, "UID FETCH %s (UID BODY.PEEK[])", set);
-		if (r >= 0)
+		imap_client_set_deadline(w->client, 0);
+		if (r >= 0 || r == -ETIMEDOUT)
 			break;
 		log_warn("fetching messages: %s", imap_client_error(w->client));
 	}

@@ -109,6 +109,15 @@ static void on_list(void *ctx, const struct imap_response *r)
 				e->depth++;
 			}
 	}
+	/* A name with an empty level ("/etc", "a//b", "x/") has no place in
+	 * a directory tree: show it flat, the delimiters sanitized away. */
+	if (e->depth > 1 && (decoded[0] == '\n' || strstr(decoded, "\n\n") ||
+			     decoded[strlen(decoded) - 1] == '\n')) {
+		for (char *p = decoded; *p; p++)
+			if (*p == '\n')
+				*p = e->delim;
+		e->depth = 1;
+	}
 	e->path = decoded;
 	e->flags = list_flags(&r->args[1]);
 	lc->n++;
@@ -155,7 +164,13 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 
 	r = imap_client_run(c, on_list, &lc, "LIST \"\" \"*\"");
 	if (r != IMAP_RESULT_OK) {
-		*error_r = r < 0 ? imap_client_error(c) : imap_client_text(c);
+		/* Our own copy: the client's texts die with the client. */
+		static __thread char msg[512];
+
+		snprintf(msg, sizeof(msg), "cannot list the folders on %s: %s%s", s->url.host,
+			 r < 0 ? "" : "the server said: ",
+			 r < 0 ? imap_client_error(c) : imap_client_text(c));
+		*error_r = msg;
 		r = -1;
 		goto out;
 	}
@@ -681,6 +696,8 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		r = -EIO;
 		goto out;
 	}
+	/* Metadata is small: even a huge folder lists in a few minutes. */
+	imap_client_set_deadline(w->client, 120 + (int)(e.exists / 100));
 	int tags[2] = { tag_new, tag_flags };
 	for (int i = 0; i < 2; i++) {
 		if (tags[i] <= 0)
@@ -735,6 +752,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		log_debug("folder %s: %zu new messages", f.server_name, mc->added);
 	r = 0;
 out:
+	imap_client_set_deadline(w->client, 0);
 	cache_folder_clear(&f);
 	free(uids);
 	meta_flush(mc);
