@@ -24,9 +24,9 @@ struct body_ctx {
 static void body_done(struct istore *s, int64_t folder_id, uint32_t uid,
 		      enum store_error err, bool changed)
 {
-	struct waiter *waiters = NULL;
+	struct engine_waiter *waiters = NULL;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	for (struct inflight **p = &s->inflight; *p; p = &(*p)->next) {
 		if ((*p)->folder_id == folder_id && (*p)->uid == uid) {
 			struct inflight *i = *p;
@@ -37,8 +37,8 @@ static void body_done(struct istore *s, int64_t folder_id, uint32_t uid,
 			break;
 		}
 	}
-	pthread_mutex_unlock(&s->lock);
-	imap_store_call_waiters(waiters, err, changed);
+	pthread_mutex_unlock(&s->eng.lock);
+	engine_waiters_call(waiters, err, changed);
 }
 
 static void on_body(void *ctx, const struct imap_response *r)
@@ -99,7 +99,7 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 		batch[n++] = uid;
 	/* Read-ahead: the next uncached messages that nobody fetches yet. */
 	if (cache_msg_uncached(s->cache, folder_id, uid, READAHEAD_COUNT * 2, &more, &nmore) == 0) {
-		pthread_mutex_lock(&s->lock);
+		pthread_mutex_lock(&s->eng.lock);
 		for (size_t i = 0; i < nmore && n <= READAHEAD_COUNT; i++) {
 			struct inflight *in;
 			struct cache_msg m;
@@ -133,7 +133,7 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 			if (j)
 				j->prefetch = true;
 		}
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		free(more);
 	}
 	if (n == 0)
@@ -147,11 +147,11 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 
 		if ((!w->client || !imap_client_alive(w->client)) && imap_store_connect(w, &err) < 0) {
 			log_warn("%s", err);
-			imap_store_set_online(s, false);
+			engine_set_online(&s->eng, false);
 			r = -EIO;
 			break;
 		}
-		imap_store_set_online(s, true);
+		engine_set_online(&s->eng, true);
 		if (w->selected != folder_id) {
 			if (cache_folder_get(s->cache, folder_id, &f) < 0) {
 				r = -ENOENT;
@@ -166,7 +166,7 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 			if (r < 0)
 				continue;
 		}
-		s->fetches++;
+		s->eng.fetches++;
 		/* A minute, plus time for the bytes at a slow 128 KiB/s. */
 		imap_client_set_deadline(w->client, 60 + (int)(bytes / (128 * 1024)));
 		r = imap_client_run(w->client, on_body, &bc, "UID FETCH %s (UID BODY.PEEK[])", set);

@@ -17,14 +17,14 @@ static int64_t idler_target(struct idler *d)
 	struct istore *s = d->s;
 	int64_t t;
 
-	pthread_mutex_lock(&s->lock);
-	if (s->stopping)
+	pthread_mutex_lock(&s->eng.lock);
+	if (s->eng.stopping)
 		t = -1;
 	else if (d->follow_recent)
 		t = s->recent_id != s->inbox_id ? s->recent_id : 0;
 	else
 		t = s->inbox_id;
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 	return t;
 }
 
@@ -40,10 +40,10 @@ static void idler_sleep(struct idler *d, int ms)
 		ts.tv_sec++;
 		ts.tv_nsec -= 1000000000L;
 	}
-	pthread_mutex_lock(&s->lock);
-	if (!s->stopping)
-		pthread_cond_timedwait(&s->idle_cond, &s->lock, &ts);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
+	if (!s->eng.stopping)
+		pthread_cond_timedwait(&s->idle_cond, &s->eng.lock, &ts);
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
 /* Does this untagged response say the folder changed? */
@@ -144,9 +144,9 @@ void *imap_idle_main(void *arg)
 			}
 		}
 		if (idle_round(d, target)) {
-			pthread_mutex_lock(&s->lock);
+			pthread_mutex_lock(&s->eng.lock);
 			imap_store_queue_sync(s, target, true);
-			pthread_mutex_unlock(&s->lock);
+			pthread_mutex_unlock(&s->eng.lock);
 		}
 	}
 	imap_client_close(&d->client);

@@ -348,11 +348,11 @@ static enum store_error op_mkdir(struct worker *w, struct op *op)
 		imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", q);
 		if (cache_folder_put(s->cache, op->folder_id, op->name, server, 0, &id) == 0) {
 			imap_store_emit_entry(s, op->folder_id, op->name);
-			pthread_mutex_lock(&s->lock);
+			pthread_mutex_lock(&s->eng.lock);
 			struct fstate *fs = imap_store_fstate(s, id);
 			if (fs)
 				fs->ready = true; /* new and empty */
-			pthread_mutex_unlock(&s->lock);
+			pthread_mutex_unlock(&s->eng.lock);
 		}
 	} else if (!strcasecmp(imap_client_code(w->client), "ALREADYEXISTS")) {
 		e = STORE_ERR_REFUSED;
@@ -594,11 +594,11 @@ void imap_ops_run(struct worker *w, struct op *op)
 	if (!w->client || !imap_client_alive(w->client)) {
 		if (imap_store_connect(w, &err) < 0) {
 			log_warn("%s", err);
-			imap_store_set_online(s, false);
+			engine_set_online(&s->eng, false);
 			goto done;
 		}
 	}
-	imap_store_set_online(s, true);
+	engine_set_online(&s->eng, true);
 	switch (op->kind) {
 	case OP_REMOVE:
 		e = op_remove(w, op);
@@ -634,11 +634,11 @@ static void queue_op(struct istore *s, struct op *op)
 {
 	struct job *j;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	j = imap_store_enqueue(s, JOB_OP, op->folder_id, op->uid, true);
 	if (j)
 		j->op = op;
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 	if (!j) {
 		op->done(op->ctx, STORE_ERR_IO, false);
 		free(op->name);

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "cache.h"
+#include "engine.h"
 #include "imap-client.h"
 #include "imap-store.h"
 
@@ -55,25 +56,19 @@ struct job {
 	struct job *next;
 };
 
-struct waiter {
-	store_done_fn *done;
-	void *ctx;
-	struct waiter *next;
-};
-
 /* Per-folder state of this session. */
 struct fstate {
 	bool ready;   /* synced at least once this session */
 	bool queued;  /* a JOB_SYNC is in the queue */
 	bool syncing; /* a worker runs its sync now */
-	struct waiter *waiters;
+	struct engine_waiter *waiters;
 };
 
 /* A body being fetched; waiters are called when it lands. */
 struct inflight {
 	int64_t folder_id;
 	uint32_t uid;
-	struct waiter *waiters;
+	struct engine_waiter *waiters;
 	struct inflight *next;
 };
 
@@ -110,25 +105,15 @@ struct istore {
 	bool delete_trash;
 	char delim;       /* the hierarchy delimiter LIST reported */
 	int64_t trash_id; /* the \Trash special-use folder, 0: none */
-	unsigned poll_seconds;
 	unsigned nworkers;
 	struct cache *cache;
-	char server[256];
 	struct store_events ev;
 
-	pthread_mutex_t lock;
-	pthread_cond_t cond;      /* queue not empty / stopping */
-	pthread_cond_t poll_cond; /* poller wake-up */
-	/* Everything below is protected by lock. */
+	struct engine eng; /* its lock protects what follows up to view_gen */
 	struct job *queue_head, *queue_tail;
 	struct fstate **fst;
 	size_t fst_len;
 	struct inflight *inflight;
-	bool stopping;
-	bool poll_asked;
-	bool online;
-	int64_t last_sync;
-	uint64_t fetches;
 
 	_Atomic uint64_t view_gen; /* see imap_store_view_changed() */
 	int64_t inbox_id;  /* lock */
@@ -137,7 +122,6 @@ struct istore {
 
 	struct worker workers[MAX_WORKERS];
 	struct idler idlers[2];
-	pthread_t poller;
 	bool started;
 };
 
@@ -177,10 +161,7 @@ void imap_store_queue_sync(struct istore *s, int64_t folder_id, bool urgent);
 void imap_store_emit_entry(struct istore *s, int64_t folder_id, const char *name);
 void imap_store_emit_message(struct istore *s, int64_t folder_id, uint32_t uid);
 int imap_store_connect(struct worker *w, const char **error_r);
-void imap_store_set_online(struct istore *s, bool online);
 struct fstate *imap_store_fstate(struct istore *s, int64_t id);
-void imap_store_call_waiters(struct waiter *w, enum store_error err, bool changed);
-bool imap_store_add_waiter(struct waiter **list, store_done_fn *done, void *ctx);
 
 /* Something changed that other connections' views of their selected
  * folder may not show yet (new UIDs, expunges, renames): each worker

@@ -43,30 +43,6 @@ struct fstate *imap_store_fstate(struct istore *s, int64_t id)
 	return s->fst[id];
 }
 
-void imap_store_call_waiters(struct waiter *w, enum store_error err, bool changed)
-{
-	while (w) {
-		struct waiter *next = w->next;
-
-		w->done(w->ctx, err, changed);
-		free(w);
-		w = next;
-	}
-}
-
-bool imap_store_add_waiter(struct waiter **list, store_done_fn *done, void *ctx)
-{
-	struct waiter *w = malloc(sizeof(*w));
-
-	if (!w)
-		return false;
-	w->done = done;
-	w->ctx = ctx;
-	w->next = *list;
-	*list = w;
-	return true;
-}
-
 /* Queue a job; urgent ones go before every non-urgent one, in order among
  * themselves.  Called with the lock held. */
 struct job *imap_store_enqueue(struct istore *s, enum job_kind kind, int64_t folder_id,
@@ -99,7 +75,7 @@ struct job *imap_store_enqueue(struct istore *s, enum job_kind kind, int64_t fol
 			s->queue_head = j;
 		s->queue_tail = j;
 	}
-	pthread_cond_signal(&s->cond);
+	pthread_cond_signal(&s->eng.cond);
 	return j;
 }
 
@@ -181,15 +157,6 @@ int imap_store_connect(struct worker *w, const char **error_r)
 	return 0;
 }
 
-void imap_store_set_online(struct istore *s, bool online)
-{
-	pthread_mutex_lock(&s->lock);
-	if (s->online != online)
-		log_info("%s: %s", s->server, online ? "connected" : "connection lost");
-	s->online = online;
-	pthread_mutex_unlock(&s->lock);
-}
-
 static void note_recent(struct istore *s, int64_t folder_id)
 {
 	/* Called with the lock held. */
@@ -222,9 +189,9 @@ void imap_store_refresh_view(struct worker *w)
 
 static void finish_sync(struct istore *s, int64_t folder_id, enum store_error err)
 {
-	struct waiter *waiters = NULL;
+	struct engine_waiter *waiters = NULL;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	struct fstate *fs = imap_store_fstate(s, folder_id);
 	if (fs) {
 		fs->syncing = false;
@@ -233,8 +200,8 @@ static void finish_sync(struct istore *s, int64_t folder_id, enum store_error er
 		waiters = fs->waiters;
 		fs->waiters = NULL;
 	}
-	pthread_mutex_unlock(&s->lock);
-	imap_store_call_waiters(waiters, err, false);
+	pthread_mutex_unlock(&s->eng.lock);
+	engine_waiters_call(waiters, err, false);
 }
 
 static void run_job(struct worker *w, struct job *j)
@@ -252,12 +219,12 @@ static void run_job(struct worker *w, struct job *j)
 		if (!w->client || !imap_client_alive(w->client)) {
 			if (imap_store_connect(w, &err) < 0) {
 				log_warn("%s", err);
-				imap_store_set_online(s, false);
+				engine_set_online(&s->eng, false);
 				r = -EIO;
 				break;
 			}
 		}
-		imap_store_set_online(s, true);
+		engine_set_online(&s->eng, true);
 		if (j->kind == JOB_LIST) {
 			r = imap_sync_list(s, w->client, &err);
 			if (r < 0)
@@ -300,11 +267,11 @@ static void *worker_main(void *arg)
 	struct worker *w = arg;
 	struct istore *s = w->s;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	for (;;) {
-		while (!s->stopping && !s->queue_head)
-			pthread_cond_wait(&s->cond, &s->lock);
-		if (s->stopping)
+		while (!s->eng.stopping && !s->queue_head)
+			pthread_cond_wait(&s->eng.cond, &s->eng.lock);
+		if (s->eng.stopping)
 			break;
 		struct job *j = s->queue_head;
 
@@ -323,22 +290,22 @@ static void *worker_main(void *arg)
 					else
 						s->queue_head = j;
 					s->queue_tail = j;
-					pthread_mutex_unlock(&s->lock);
+					pthread_mutex_unlock(&s->eng.lock);
 					struct timespec ts = { 0, 20 * 1000 * 1000 };
 					nanosleep(&ts, NULL);
-					pthread_mutex_lock(&s->lock);
+					pthread_mutex_lock(&s->eng.lock);
 					continue;
 				}
 				f->queued = false;
 				f->syncing = true;
 			}
 		}
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		run_job(w, j);
 		free(j);
-		pthread_mutex_lock(&s->lock);
+		pthread_mutex_lock(&s->eng.lock);
 	}
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 	return NULL;
 }
 
@@ -348,46 +315,27 @@ static void queue_full_sync(struct istore *s, bool list)
 	struct cache_folder *fl;
 	size_t n;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	if (list)
 		imap_store_enqueue(s, JOB_LIST, 0, 0, false);
-	s->last_sync = (int64_t)time(NULL);
-	pthread_mutex_unlock(&s->lock);
+	s->eng.last_sync = (int64_t)time(NULL);
+	pthread_mutex_unlock(&s->eng.lock);
 	if (cache_folder_list(s->cache, &fl, &n) < 0)
 		return;
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	for (size_t i = 0; i < n; i++)
 		if (!strcmp(fl[i].server_name, "INBOX"))
 			imap_store_queue_sync(s, fl[i].id, false);
 	for (size_t i = 0; i < n; i++)
 		if (!(fl[i].flags & CACHE_FOLDER_NOSELECT))
 			imap_store_queue_sync(s, fl[i].id, false);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 	cache_folder_list_free(fl, n);
 }
 
-static void *poller_main(void *arg)
+static void poll_all(void *ctx)
 {
-	struct istore *s = arg;
-
-	pthread_mutex_lock(&s->lock);
-	while (!s->stopping) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += s->poll_seconds;
-		while (!s->stopping && !s->poll_asked)
-			if (pthread_cond_timedwait(&s->poll_cond, &s->lock, &ts) == ETIMEDOUT)
-				break;
-		if (s->stopping)
-			break;
-		s->poll_asked = false;
-		pthread_mutex_unlock(&s->lock);
-		queue_full_sync(s, true);
-		pthread_mutex_lock(&s->lock);
-	}
-	pthread_mutex_unlock(&s->lock);
-	return NULL;
+	queue_full_sync(ctx, true);
 }
 
 /* ---- store_ops ---- */
@@ -405,7 +353,7 @@ static int istore_start(struct store *base, const struct store_events *ev)
 	}
 	if (s->nworkers == 0)
 		return -EAGAIN;
-	if (pthread_create(&s->poller, NULL, poller_main, s) != 0)
+	if (engine_start_poller(&s->eng, poll_all, s) < 0)
 		return -EAGAIN;
 	s->started = true;
 	for (int i = 0; i < 2; i++) {
@@ -424,10 +372,10 @@ static bool istore_folder_is_ready(struct store *base, int64_t folder_id)
 	struct istore *s = (struct istore *)base;
 	bool ready;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	struct fstate *f = imap_store_fstate(s, folder_id);
 	ready = f && f->ready;
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 	return ready;
 }
 
@@ -437,22 +385,22 @@ static void istore_folder_ready(struct store *base, int64_t folder_id,
 	struct istore *s = (struct istore *)base;
 	struct fstate *f;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	note_recent(s, folder_id);
 	f = imap_store_fstate(s, folder_id);
 	if (!f || f->ready) {
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		done(ctx, f ? STORE_OK : STORE_ERR_IO, false);
 		return;
 	}
-	if (!imap_store_add_waiter(&f->waiters, done, ctx)) {
-		pthread_mutex_unlock(&s->lock);
+	if (!engine_waiter_add(&f->waiters, done, ctx)) {
+		pthread_mutex_unlock(&s->eng.lock);
 		done(ctx, STORE_ERR_IO, false);
 		return;
 	}
 	if (!f->syncing)
 		imap_store_queue_sync(s, folder_id, true);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
 static void istore_fetch_body(struct store *base, int64_t folder_id, uint32_t uid,
@@ -461,25 +409,25 @@ static void istore_fetch_body(struct store *base, int64_t folder_id, uint32_t ui
 	struct istore *s = (struct istore *)base;
 	struct inflight *in;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	note_recent(s, folder_id);
 	for (in = s->inflight; in; in = in->next)
 		if (in->folder_id == folder_id && in->uid == uid)
 			break;
 	if (in) {
 		/* Already on its way (read-ahead, or another reader). */
-		if (!imap_store_add_waiter(&in->waiters, done, ctx)) {
-			pthread_mutex_unlock(&s->lock);
+		if (!engine_waiter_add(&in->waiters, done, ctx)) {
+			pthread_mutex_unlock(&s->eng.lock);
 			done(ctx, STORE_ERR_IO, false);
 			return;
 		}
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		return;
 	}
 	in = calloc(1, sizeof(*in));
-	if (!in || !imap_store_add_waiter(&in->waiters, done, ctx)) {
+	if (!in || !engine_waiter_add(&in->waiters, done, ctx)) {
 		free(in);
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		done(ctx, STORE_ERR_IO, false);
 		return;
 	}
@@ -488,31 +436,17 @@ static void istore_fetch_body(struct store *base, int64_t folder_id, uint32_t ui
 	in->next = s->inflight;
 	s->inflight = in;
 	imap_store_enqueue(s, JOB_FETCH, folder_id, uid, true);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
 static void istore_status(struct store *base, struct store_status *st)
 {
-	struct istore *s = (struct istore *)base;
-
-	memset(st, 0, sizeof(*st));
-	pthread_mutex_lock(&s->lock);
-	st->state = s->online ? "online" : "offline";
-	snprintf(st->server, sizeof(st->server), "%s", s->server);
-	st->pending = 0;
-	st->last_sync = s->last_sync;
-	st->fetches = s->fetches;
-	pthread_mutex_unlock(&s->lock);
+	engine_status(&((struct istore *)base)->eng, st);
 }
 
 static void istore_sync_now(struct store *base)
 {
-	struct istore *s = (struct istore *)base;
-
-	pthread_mutex_lock(&s->lock);
-	s->poll_asked = true;
-	pthread_cond_signal(&s->poll_cond);
-	pthread_mutex_unlock(&s->lock);
+	engine_sync_now(&((struct istore *)base)->eng);
 }
 
 static void istore_destroy(struct store **basep)
@@ -521,16 +455,13 @@ static void istore_destroy(struct store **basep)
 
 	if (!s)
 		return;
-	pthread_mutex_lock(&s->lock);
-	s->stopping = true;
-	pthread_cond_broadcast(&s->cond);
-	pthread_cond_broadcast(&s->poll_cond);
+	engine_stop(&s->eng);
+	pthread_mutex_lock(&s->eng.lock);
 	pthread_cond_broadcast(&s->idle_cond);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 	if (s->started) {
 		for (unsigned i = 0; i < s->nworkers; i++)
 			pthread_join(s->workers[i].thread, NULL);
-		pthread_join(s->poller, NULL);
 		for (int i = 0; i < 2; i++)
 			if (s->idlers[i].started)
 				pthread_join(s->idlers[i].thread, NULL);
@@ -545,7 +476,7 @@ static void istore_destroy(struct store **basep)
 	}
 	for (size_t i = 0; i < s->fst_len; i++) {
 		if (s->fst[i])
-			imap_store_call_waiters(s->fst[i]->waiters, STORE_ERR_IO, false);
+			engine_waiters_call(s->fst[i]->waiters, STORE_ERR_IO, false);
 		free(s->fst[i]);
 	}
 	free(s->fst);
@@ -553,7 +484,7 @@ static void istore_destroy(struct store **basep)
 		struct inflight *in = s->inflight;
 
 		s->inflight = in->next;
-		imap_store_call_waiters(in->waiters, STORE_ERR_IO, false);
+		engine_waiters_call(in->waiters, STORE_ERR_IO, false);
 		free(in);
 	}
 	if (s->password) {
@@ -562,9 +493,7 @@ static void istore_destroy(struct store **basep)
 	}
 	free(s->cafile);
 	url_free(&s->url);
-	pthread_mutex_destroy(&s->lock);
-	pthread_cond_destroy(&s->cond);
-	pthread_cond_destroy(&s->poll_cond);
+	engine_destroy(&s->eng);
 	pthread_cond_destroy(&s->idle_cond);
 	free(s);
 	*basep = NULL;
@@ -591,7 +520,6 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 			     const char **error_r)
 {
 	struct istore *s = calloc(1, sizeof(*s));
-	char *canon;
 
 	if (!s) {
 		*error_r = "out of memory";
@@ -599,9 +527,7 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 	}
 	s->base.ops = &istore_ops;
 	s->base.caps = STORE_CAP_FOLDERS | STORE_CAP_FLAGS | STORE_CAP_WRITE;
-	pthread_mutex_init(&s->lock, NULL);
-	pthread_cond_init(&s->cond, NULL);
-	pthread_cond_init(&s->poll_cond, NULL);
+	engine_init(&s->eng, o->url, o->poll_seconds);
 	pthread_cond_init(&s->idle_cond, NULL);
 	s->url = *o->url;
 	s->url.user = strdup(o->url->user);
@@ -615,13 +541,9 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 	s->delete_trash = o->delete_trash;
 	s->delim = '/';
 	s->cache = o->cache;
-	s->poll_seconds = o->poll_seconds ? o->poll_seconds : 60;
 	s->nworkers = o->connections ? o->connections : 2;
 	if (s->nworkers > MAX_WORKERS)
 		s->nworkers = MAX_WORKERS;
-	canon = url_to_string(o->url);
-	snprintf(s->server, sizeof(s->server), "%s", canon ? canon : o->url->host);
-	free(canon);
 	for (unsigned i = 0; i < MAX_WORKERS; i++) {
 		s->workers[i].s = s;
 		s->workers[i].index = (int)i;
@@ -645,7 +567,7 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 		imap_client_enable(s->workers[0].client, "CONDSTORE");
 	if (imap_sync_list(s, s->workers[0].client, error_r) < 0)
 		goto fail;
-	s->online = true;
+	s->eng.online = true;
 	return &s->base;
 fail:
 	{

@@ -246,9 +246,9 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 			if (e->flags & CACHE_FOLDER_TRASH)
 				s->trash_id = id;
 			if (!strcasecmp(e->server_name, "INBOX")) {
-				pthread_mutex_lock(&s->lock);
+				pthread_mutex_lock(&s->eng.lock);
 				s->inbox_id = id;
-				pthread_mutex_unlock(&s->lock);
+				pthread_mutex_unlock(&s->eng.lock);
 			}
 			if (!existed) {
 				struct cache_folder f;
@@ -676,7 +676,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 			tag_new = imap_client_send(w->client,
 						   "UID FETCH %u:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE%s)",
 						   maxuid + 1, condstore ? " MODSEQ" : "");
-			s->fetches++;
+			s->eng.fetches++;
 		}
 		/* Flags: only what changed since the last sync (CONDSTORE);
 		 * without it all of them, which also lists the UIDs that
@@ -690,7 +690,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 						     maxuid, (unsigned long long)f.highestmodseq);
 		}
 		if (tag_flags > 0)
-			s->fetches++;
+			s->eng.fetches++;
 	}
 	if (tag_new < 0 || tag_flags < 0) {
 		r = -EIO;

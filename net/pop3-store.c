@@ -35,6 +35,7 @@
 
 #include <openssl/crypto.h>
 
+#include "engine.h"
 #include "log.h"
 #include "names.h"
 #include "pop3-client.h"
@@ -64,12 +65,6 @@
 
 enum job_kind { JOB_SYNC, JOB_FETCH, JOB_CONSUME, JOB_REMOVE, JOB_EMIT };
 
-struct waiter {
-	store_done_fn *done;
-	void *ctx;
-	struct waiter *next;
-};
-
 struct job {
 	enum job_kind kind;
 	int64_t folder_id;
@@ -83,7 +78,7 @@ struct job {
 /* A body being fetched; waiters are called when it lands. */
 struct inflight {
 	uint32_t uid;
-	struct waiter *waiters;
+	struct engine_waiter *waiters;
 	struct inflight *next;
 };
 
@@ -115,59 +110,25 @@ struct pstore {
 	bool insecure;
 	bool names_uid;
 	bool keep;
-	unsigned poll_seconds;
 	struct cache *cache;
-	char server[256];
 	int64_t spool_id, archive_id;
 	const char *crash_at; /* MAILFS_TEST_CRASH_AT, or NULL */
 	struct store_events ev;
 
-	pthread_mutex_t lock;
-	pthread_cond_t cond;      /* queue not empty / stopping */
-	pthread_cond_t poll_cond; /* poller wake-up */
-	/* Everything below up to `sess` is protected by lock. */
+	struct engine eng; /* its lock protects what follows up to `sess` */
 	struct job *queue_head, *queue_tail;
 	struct inflight *inflight;
-	struct waiter *sync_waiters;
+	struct engine_waiter *sync_waiters;
 	bool sync_queued;
 	bool spool_ready;
-	bool stopping;
-	bool poll_asked;
-	bool online;
 	bool connect_failed; /* the last connect failed (log once) */
-	int64_t last_sync;
-	uint64_t fetches;
 
 	struct session sess; /* the worker's (or new()'s before start) */
-	pthread_t worker, poller;
+	pthread_t worker;
 	bool started;
 };
 
 /* ---- small helpers ---- */
-
-static void call_waiters(struct waiter *w, enum store_error err, bool changed)
-{
-	while (w) {
-		struct waiter *next = w->next;
-
-		w->done(w->ctx, err, changed);
-		free(w);
-		w = next;
-	}
-}
-
-static bool add_waiter(struct waiter **list, store_done_fn *done, void *ctx)
-{
-	struct waiter *w = malloc(sizeof(*w));
-
-	if (!w)
-		return false;
-	w->done = done;
-	w->ctx = ctx;
-	w->next = *list;
-	*list = w;
-	return true;
-}
 
 /* Queue a job; urgent ones go to the front.  Called with the lock held. */
 static bool enqueue(struct pstore *s, struct job *j, bool urgent)
@@ -185,7 +146,7 @@ static bool enqueue(struct pstore *s, struct job *j, bool urgent)
 			s->queue_head = j;
 		s->queue_tail = j;
 	}
-	pthread_cond_signal(&s->cond);
+	pthread_cond_signal(&s->eng.cond);
 	return true;
 }
 
@@ -234,15 +195,6 @@ static void crash_point(struct pstore *s, const char *where)
 		log_info("MAILFS_TEST_CRASH_AT=%s: killing the daemon", where);
 		raise(SIGKILL);
 	}
-}
-
-static void set_online(struct pstore *s, bool online)
-{
-	pthread_mutex_lock(&s->lock);
-	if (s->online != online)
-		log_info("%s: %s", s->server, online ? "connected" : "offline");
-	s->online = online;
-	pthread_mutex_unlock(&s->lock);
 }
 
 static bool kv_has(struct pstore *s, const char *prefix, const char *uidl)
@@ -346,7 +298,7 @@ static int session_open(struct pstore *s, bool *auth_failed_r, const char **erro
 			k++;
 		if (k - i > 1) {
 			log_warn("%s: the server gives UIDL %s to %zu messages; leaving them alone",
-				 s->server, se->by_uidl[i]->uidl, k - i);
+				 s->eng.server, se->by_uidl[i]->uidl, k - i);
 			/* Marked (a real UIDL is never empty), dropped below. */
 			for (size_t d = i + 1; d < k; d++)
 				se->by_uidl[d]->uidl[0] = '\0';
@@ -387,19 +339,19 @@ static int session_need(struct pstore *s)
 	if (s->sess.client)
 		session_end(s);
 	if (session_open(s, &auth, &err) < 0) {
-		pthread_mutex_lock(&s->lock);
+		pthread_mutex_lock(&s->eng.lock);
 		bool first = !s->connect_failed;
 		s->connect_failed = true;
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		if (first || auth)
 			log_warn("%s", err);
-		set_online(s, false);
+		engine_set_online(&s->eng, false);
 		return -1;
 	}
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	s->connect_failed = false;
-	pthread_mutex_unlock(&s->lock);
-	set_online(s, true);
+	pthread_mutex_unlock(&s->eng.lock);
+	engine_set_online(&s->eng, true);
 	return 0;
 }
 
@@ -420,7 +372,7 @@ static void session_end(struct pstore *s)
 		if (!committed && (se->dirty || c))
 			log_warn("%s: the session ended without committing its deletions (%s); "
 				 "consumed messages will be deleted at the next sync",
-				 s->server, r == POP3_RESULT_ERR ? "QUIT refused" : "connection lost");
+				 s->eng.server, r == POP3_RESULT_ERR ? "QUIT refused" : "connection lost");
 	}
 	se->commits = NULL;
 	while (c) {
@@ -792,7 +744,7 @@ static void put_new(struct pstore *s, struct newmsg *nm, size_t n)
 				names[k - i] = NULL;
 		}
 		if (batch && cache_commit(s->cache) < 0)
-			log_warn("%s: cannot record new messages in the cache", s->server);
+			log_warn("%s: cannot record new messages in the cache", s->eng.server);
 		for (size_t k = i; k < end; k++) {
 			emit_entry(s, s->spool_id, names[k - i]);
 			free(names[k - i]);
@@ -836,7 +788,7 @@ static int do_sync(struct pstore *s)
 			 * finish what a crash or a lost connection left. */
 			if (!s->keep && !consumed) {
 				log_info("%s: deleting message %s from the server: it was archived before",
-					 s->server, pm->uidl);
+					 s->eng.server, pm->uidl);
 				r = pop3_client_dele(se->client, pm->n);
 				if (r < 0)
 					goto out;
@@ -875,11 +827,11 @@ static int do_sync(struct pstore *s)
 				goto out;
 		}
 		put_new(s, nm, nnew);
-		log_debug("%s: %zu new messages", s->server, nnew);
+		log_debug("%s: %zu new messages", s->eng.server, nnew);
 	}
-	pthread_mutex_lock(&s->lock);
-	s->last_sync = (int64_t)time(NULL);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
+	s->eng.last_sync = (int64_t)time(NULL);
+	pthread_mutex_unlock(&s->eng.lock);
 	cache_folder_set_state(s->cache, s->spool_id, 0, 0, 0, (int64_t)time(NULL));
 	r = 0;
 out:
@@ -897,9 +849,9 @@ out:
 
 static void body_done(struct pstore *s, uint32_t uid, enum store_error err, bool changed)
 {
-	struct waiter *waiters = NULL;
+	struct engine_waiter *waiters = NULL;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	for (struct inflight **p = &s->inflight; *p; p = &(*p)->next) {
 		if ((*p)->uid == uid) {
 			struct inflight *i = *p;
@@ -910,8 +862,8 @@ static void body_done(struct pstore *s, uint32_t uid, enum store_error err, bool
 			break;
 		}
 	}
-	pthread_mutex_unlock(&s->lock);
-	call_waiters(waiters, err, changed);
+	pthread_mutex_unlock(&s->eng.lock);
+	engine_waiters_call(waiters, err, changed);
 }
 
 struct retr_ctx {
@@ -931,7 +883,7 @@ static int on_retr(void *ctx, size_t index, int result, const struct pop3_respon
 	bool changed = false;
 
 	if (result != POP3_RESULT_OK) {
-		log_warn("%s: RETR of message %" PRIu32 " refused: %s", s->server, uid, resp->text);
+		log_warn("%s: RETR of message %" PRIu32 " refused: %s", s->eng.server, uid, resp->text);
 		return 0;
 	}
 	if (cache_msg_get(s->cache, rc->folder_id, uid, &m) < 0)
@@ -1018,7 +970,7 @@ static void do_fetch(struct pstore *s, uint32_t uid)
 				continue;
 			if (bytes > READAHEAD_BYTES)
 				break;
-			pthread_mutex_lock(&s->lock);
+			pthread_mutex_lock(&s->eng.lock);
 			for (in = s->inflight; in && !busy; in = in->next)
 				busy = in->uid == more[i];
 			in = busy ? NULL : calloc(1, sizeof(*in));
@@ -1027,7 +979,7 @@ static void do_fetch(struct pstore *s, uint32_t uid)
 				in->next = s->inflight;
 				s->inflight = in;
 			}
-			pthread_mutex_unlock(&s->lock);
+			pthread_mutex_unlock(&s->eng.lock);
 			if (!in)
 				continue;
 			nums[n] = num;
@@ -1037,12 +989,12 @@ static void do_fetch(struct pstore *s, uint32_t uid)
 	}
 	struct retr_ctx rc = { .s = s, .folder_id = s->spool_id, .uids = batch, .got = got,
 			       .notify = true };
-	pthread_mutex_lock(&s->lock);
-	s->fetches += n;
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
+	s->eng.fetches += n;
+	pthread_mutex_unlock(&s->eng.lock);
 	r = pop3_client_batch(s->sess.client, "RETR", "", true, nums, n, on_retr, &rc);
 	if (r < 0)
-		log_warn("%s: fetching messages: %s", s->server, pop3_client_error(s->sess.client));
+		log_warn("%s: fetching messages: %s", s->eng.server, pop3_client_error(s->sess.client));
 	else
 		err = STORE_ERR_NOTFOUND;
 	for (size_t i = 0; i < n; i++)
@@ -1089,7 +1041,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	if (cache_msg_get(s->cache, s->spool_id, uid, &m) < 0)
 		return; /* consumed already, or gone */
 	if (!m.message_id) {
-		log_warn("%s: message %s has no UIDL; not consuming it", s->server, m.name);
+		log_warn("%s: message %s has no UIDL; not consuming it", s->eng.server, m.name);
 		goto out;
 	}
 	if (!m.cached) {
@@ -1106,11 +1058,11 @@ static void do_consume(struct pstore *s, uint32_t uid)
 			goto out;
 		struct retr_ctx rc = { .s = s, .folder_id = s->spool_id, .uids = &uid,
 				       .got = &got };
-		pthread_mutex_lock(&s->lock);
-		s->fetches++;
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_lock(&s->eng.lock);
+		s->eng.fetches++;
+		pthread_mutex_unlock(&s->eng.lock);
 		if (pop3_client_batch(s->sess.client, "RETR", "", true, &num, 1, on_retr, &rc) < 0 || !got) {
-			log_warn("%s: cannot fetch %s to archive it; it stays in spool/", s->server,
+			log_warn("%s: cannot fetch %s to archive it; it stays in spool/", s->eng.server,
 				 m.name);
 			goto out;
 		}
@@ -1121,7 +1073,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	r = archive_move(s, &m, &archived_name);
 	if (r < 0) {
 		cache_msg_set_pinned(s->cache, s->spool_id, uid, false);
-		log_error("%s: cannot archive %s: %s; it stays in spool/", s->server, m.name,
+		log_error("%s: cannot archive %s: %s; it stays in spool/", s->eng.server, m.name,
 			  strerror(-r));
 		goto out;
 	}
@@ -1150,7 +1102,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 		s->sess.dirty = true;
 		crash_point(s, "after_dele");
 	} else if (r > 0) {
-		log_warn("%s: DELE of %s refused: %s", s->server, m.message_id,
+		log_warn("%s: DELE of %s refused: %s", s->eng.server, m.message_id,
 			 pop3_client_text(s->sess.client));
 	}
 out:
@@ -1186,7 +1138,7 @@ static void do_remove(struct pstore *s, uint32_t uid, store_done_fn *done, void 
 	r = pop3_client_dele(s->sess.client, num);
 	if (r != POP3_RESULT_OK) {
 		if (r > 0)
-			log_warn("%s: DELE of %s refused: %s", s->server, m.name,
+			log_warn("%s: DELE of %s refused: %s", s->eng.server, m.name,
 				 pop3_client_text(s->sess.client));
 		cache_msg_clear(&m);
 		done(ctx, r > 0 ? STORE_ERR_REFUSED : STORE_ERR_IO, false);
@@ -1214,15 +1166,15 @@ static void do_remove(struct pstore *s, uint32_t uid, store_done_fn *done, void 
 
 static void finish_sync(struct pstore *s, enum store_error err)
 {
-	struct waiter *waiters;
+	struct engine_waiter *waiters;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	if (err == STORE_OK)
 		s->spool_ready = true;
 	waiters = s->sync_waiters;
 	s->sync_waiters = NULL;
-	pthread_mutex_unlock(&s->lock);
-	call_waiters(waiters, err, false);
+	pthread_mutex_unlock(&s->eng.lock);
+	engine_waiters_call(waiters, err, false);
 }
 
 static void run_job(struct pstore *s, struct job *j)
@@ -1245,7 +1197,7 @@ static void run_job(struct pstore *s, struct job *j)
 				cache_folder_clear(&f);
 			}
 		} else if (do_sync(s) < 0) {
-			log_warn("%s: listing the maildrop: %s", s->server,
+			log_warn("%s: listing the maildrop: %s", s->eng.server,
 				 pop3_client_error(s->sess.client));
 			err = STORE_ERR_IO;
 		}
@@ -1283,9 +1235,9 @@ static void *worker_main(void *arg)
 {
 	struct pstore *s = arg;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	for (;;) {
-		if (!s->stopping && !s->queue_head && s->sess.client) {
+		if (!s->eng.stopping && !s->queue_head && s->sess.client) {
 			/* Idle with a session: linger a moment, then QUIT. */
 			struct timespec ts;
 			bool end = session_should_end(s);
@@ -1295,21 +1247,21 @@ static void *worker_main(void *arg)
 				ts.tv_nsec += (long)LINGER_MS * 1000000L;
 				ts.tv_sec += ts.tv_nsec / 1000000000L;
 				ts.tv_nsec %= 1000000000L;
-				while (!s->stopping && !s->queue_head)
-					if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
+				while (!s->eng.stopping && !s->queue_head)
+					if (pthread_cond_timedwait(&s->eng.cond, &s->eng.lock, &ts) == ETIMEDOUT)
 						break;
-				end = !s->stopping && !s->queue_head;
+				end = !s->eng.stopping && !s->queue_head;
 			}
 			if (end) {
-				pthread_mutex_unlock(&s->lock);
+				pthread_mutex_unlock(&s->eng.lock);
 				session_end(s);
-				pthread_mutex_lock(&s->lock);
+				pthread_mutex_lock(&s->eng.lock);
 			}
 			continue;
 		}
-		while (!s->stopping && !s->queue_head)
-			pthread_cond_wait(&s->cond, &s->lock);
-		if (s->stopping)
+		while (!s->eng.stopping && !s->queue_head)
+			pthread_cond_wait(&s->eng.cond, &s->eng.lock);
+		if (s->eng.stopping)
 			break;
 		struct job *j = s->queue_head;
 
@@ -1318,7 +1270,7 @@ static void *worker_main(void *arg)
 			s->queue_tail = NULL;
 		if (j->kind == JOB_SYNC)
 			s->sync_queued = false;
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		run_job(s, j);
 		/* An rm returns once QUIT has committed its DELE; a long
 		 * busy session commits now and then. */
@@ -1328,7 +1280,7 @@ static void *worker_main(void *arg)
 			session_end(s);
 		free(j->name);
 		free(j);
-		pthread_mutex_lock(&s->lock);
+		pthread_mutex_lock(&s->eng.lock);
 	}
 	/* Unmounting: what was read to its end is still consumed (the
 	 * kernel released the files before the unmount), then QUIT commits
@@ -1341,40 +1293,27 @@ static void *worker_main(void *arg)
 			continue;
 		}
 		*p = j->next;
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		do_consume(s, j->uid);
 		free(j);
-		pthread_mutex_lock(&s->lock);
+		pthread_mutex_lock(&s->eng.lock);
 		p = &s->queue_head;
 	}
 	s->queue_tail = NULL;
 	for (struct job *j = s->queue_head; j; j = j->next)
 		s->queue_tail = j;
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 	session_end(s);
 	return NULL;
 }
 
-static void *poller_main(void *arg)
+static void poll_maildrop(void *ctx)
 {
-	struct pstore *s = arg;
+	struct pstore *s = ctx;
 
-	pthread_mutex_lock(&s->lock);
-	while (!s->stopping) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += s->poll_seconds;
-		while (!s->stopping && !s->poll_asked)
-			if (pthread_cond_timedwait(&s->poll_cond, &s->lock, &ts) == ETIMEDOUT)
-				break;
-		if (s->stopping)
-			break;
-		s->poll_asked = false;
-		queue_sync(s, false);
-	}
-	pthread_mutex_unlock(&s->lock);
-	return NULL;
+	pthread_mutex_lock(&s->eng.lock);
+	queue_sync(s, false);
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
 /* ---- store_ops ---- */
@@ -1386,13 +1325,13 @@ static int pstore_start(struct store *base, const struct store_events *ev)
 	s->ev = *ev;
 	if (pthread_create(&s->worker, NULL, worker_main, s) != 0)
 		return -EAGAIN;
-	if (pthread_create(&s->poller, NULL, poller_main, s) != 0) {
-		pthread_mutex_lock(&s->lock);
-		s->stopping = true;
-		pthread_cond_broadcast(&s->cond);
-		pthread_mutex_unlock(&s->lock);
+	if (engine_start_poller(&s->eng, poll_maildrop, s) < 0) {
+		pthread_mutex_lock(&s->eng.lock);
+		s->eng.stopping = true;
+		pthread_cond_broadcast(&s->eng.cond);
+		pthread_mutex_unlock(&s->eng.lock);
 		pthread_join(s->worker, NULL);
-		s->stopping = false;
+		s->eng.stopping = false;
 		return -EAGAIN;
 	}
 	s->started = true;
@@ -1405,9 +1344,9 @@ static bool pstore_folder_is_ready(struct store *base, int64_t folder_id)
 	bool ready = true;
 
 	if (folder_id == s->spool_id) {
-		pthread_mutex_lock(&s->lock);
+		pthread_mutex_lock(&s->eng.lock);
 		ready = s->spool_ready;
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 	}
 	return ready;
 }
@@ -1417,19 +1356,19 @@ static void pstore_folder_ready(struct store *base, int64_t folder_id,
 {
 	struct pstore *s = (struct pstore *)base;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	if (folder_id != s->spool_id || s->spool_ready) {
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		done(ctx, STORE_OK, false);
 		return;
 	}
-	if (!add_waiter(&s->sync_waiters, done, ctx)) {
-		pthread_mutex_unlock(&s->lock);
+	if (!engine_waiter_add(&s->sync_waiters, done, ctx)) {
+		pthread_mutex_unlock(&s->eng.lock);
 		done(ctx, STORE_ERR_IO, false);
 		return;
 	}
 	queue_sync(s, true);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
 static void pstore_fetch_body(struct store *base, int64_t folder_id, uint32_t uid,
@@ -1444,25 +1383,25 @@ static void pstore_fetch_body(struct store *base, int64_t folder_id, uint32_t ui
 		done(ctx, STORE_ERR_NOTFOUND, false);
 		return;
 	}
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	for (in = s->inflight; in; in = in->next)
 		if (in->uid == uid)
 			break;
 	if (in) {
 		/* Already on its way (read-ahead, or another reader). */
-		bool ok = add_waiter(&in->waiters, done, ctx);
+		bool ok = engine_waiter_add(&in->waiters, done, ctx);
 
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		if (!ok)
 			done(ctx, STORE_ERR_IO, false);
 		return;
 	}
 	in = calloc(1, sizeof(*in));
 	j = job_new(JOB_FETCH, folder_id, uid);
-	if (!in || !j || !add_waiter(&in->waiters, done, ctx)) {
+	if (!in || !j || !engine_waiter_add(&in->waiters, done, ctx)) {
 		free(in);
 		free(j);
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		done(ctx, STORE_ERR_IO, false);
 		return;
 	}
@@ -1470,7 +1409,7 @@ static void pstore_fetch_body(struct store *base, int64_t folder_id, uint32_t ui
 	in->next = s->inflight;
 	s->inflight = in;
 	enqueue(s, j, true);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
 static void pstore_remove(struct store *base, int64_t folder_id, uint32_t uid,
@@ -1491,14 +1430,14 @@ static void pstore_remove(struct store *base, int64_t folder_id, uint32_t uid,
 		r = cache_msg_delete(s->cache, folder_id, uid);
 		done(ctx, r == 0 ? STORE_OK : r == -ENOENT ? STORE_ERR_NOTFOUND : STORE_ERR_IO,
 		     false);
-		pthread_mutex_lock(&s->lock);
+		pthread_mutex_lock(&s->eng.lock);
 		j = r == 0 ? job_new(JOB_EMIT, folder_id, uid) : NULL;
 		if (j) {
 			j->name = m.name;
 			m.name = NULL;
 			enqueue(s, j, true);
 		}
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		cache_msg_clear(&m);
 		return;
 	}
@@ -1506,17 +1445,17 @@ static void pstore_remove(struct store *base, int64_t folder_id, uint32_t uid,
 		done(ctx, STORE_ERR_NOTFOUND, false);
 		return;
 	}
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	j = job_new(JOB_REMOVE, folder_id, uid);
 	if (!j) {
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_unlock(&s->eng.lock);
 		done(ctx, STORE_ERR_IO, false);
 		return;
 	}
 	j->done = done;
 	j->ctx = ctx;
 	enqueue(s, j, true);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
 static void pstore_consume(struct store *base, int64_t folder_id, uint32_t uid)
@@ -1526,35 +1465,21 @@ static void pstore_consume(struct store *base, int64_t folder_id, uint32_t uid)
 
 	if (folder_id != s->spool_id)
 		return; /* archive/: reading there consumes nothing */
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->eng.lock);
 	j = job_new(JOB_CONSUME, folder_id, uid);
 	if (j)
 		enqueue(s, j, false);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
 static void pstore_status(struct store *base, struct store_status *st)
 {
-	struct pstore *s = (struct pstore *)base;
-
-	memset(st, 0, sizeof(*st));
-	pthread_mutex_lock(&s->lock);
-	st->state = s->online ? "online" : "offline";
-	snprintf(st->server, sizeof(st->server), "%s", s->server);
-	st->pending = 0;
-	st->last_sync = s->last_sync;
-	st->fetches = s->fetches;
-	pthread_mutex_unlock(&s->lock);
+	engine_status(&((struct pstore *)base)->eng, st);
 }
 
 static void pstore_sync_now(struct store *base)
 {
-	struct pstore *s = (struct pstore *)base;
-
-	pthread_mutex_lock(&s->lock);
-	s->poll_asked = true;
-	pthread_cond_signal(&s->poll_cond);
-	pthread_mutex_unlock(&s->lock);
+	engine_sync_now(&((struct pstore *)base)->eng);
 }
 
 static void pstore_destroy(struct store **basep)
@@ -1563,14 +1488,9 @@ static void pstore_destroy(struct store **basep)
 
 	if (!s)
 		return;
-	pthread_mutex_lock(&s->lock);
-	s->stopping = true;
-	pthread_cond_broadcast(&s->cond);
-	pthread_cond_broadcast(&s->poll_cond);
-	pthread_mutex_unlock(&s->lock);
+	engine_stop(&s->eng);
 	if (s->started) {
 		pthread_join(s->worker, NULL);
-		pthread_join(s->poller, NULL);
 	} else {
 		session_end(s);
 	}
@@ -1583,12 +1503,12 @@ static void pstore_destroy(struct store **basep)
 		free(j->name);
 		free(j);
 	}
-	call_waiters(s->sync_waiters, STORE_ERR_IO, false);
+	engine_waiters_call(s->sync_waiters, STORE_ERR_IO, false);
 	while (s->inflight) {
 		struct inflight *in = s->inflight;
 
 		s->inflight = in->next;
-		call_waiters(in->waiters, STORE_ERR_IO, false);
+		engine_waiters_call(in->waiters, STORE_ERR_IO, false);
 		free(in);
 	}
 	if (s->password) {
@@ -1599,9 +1519,7 @@ static void pstore_destroy(struct store **basep)
 	free(s->url.user);
 	free(s->url.host);
 	free(s->url.scheme);
-	pthread_mutex_destroy(&s->lock);
-	pthread_cond_destroy(&s->cond);
-	pthread_cond_destroy(&s->poll_cond);
+	engine_destroy(&s->eng);
 	free(s);
 	*basep = NULL;
 }
@@ -1648,7 +1566,6 @@ struct store *pop3_store_new(const struct pop3_store_opts *o, bool *auth_failed_
 {
 	struct pstore *s = calloc(1, sizeof(*s));
 	const char *crash;
-	char *canon;
 
 	if (auth_failed_r)
 		*auth_failed_r = false;
@@ -1658,9 +1575,7 @@ struct store *pop3_store_new(const struct pop3_store_opts *o, bool *auth_failed_
 	}
 	s->base.ops = &pstore_ops;
 	s->base.caps = STORE_CAP_READ_ONCE;
-	pthread_mutex_init(&s->lock, NULL);
-	pthread_cond_init(&s->cond, NULL);
-	pthread_cond_init(&s->poll_cond, NULL);
+	engine_init(&s->eng, o->url, o->poll_seconds);
 	s->url = *o->url;
 	s->url.user = strdup(o->url->user);
 	s->url.host = strdup(o->url->host);
@@ -1671,12 +1586,8 @@ struct store *pop3_store_new(const struct pop3_store_opts *o, bool *auth_failed_
 	s->names_uid = o->names_uid;
 	s->keep = o->keep;
 	s->cache = o->cache;
-	s->poll_seconds = o->poll_seconds ? o->poll_seconds : 60;
 	crash = getenv("MAILFS_TEST_CRASH_AT");
 	s->crash_at = crash && *crash ? crash : NULL;
-	canon = url_to_string(o->url);
-	snprintf(s->server, sizeof(s->server), "%s", canon ? canon : o->url->host);
-	free(canon);
 	if (!s->url.user || !s->url.host || !s->url.scheme || !s->password ||
 	    (o->cafile && !s->cafile)) {
 		*error_r = "out of memory";
@@ -1700,7 +1611,7 @@ struct store *pop3_store_new(const struct pop3_store_opts *o, bool *auth_failed_
 	/* Commit the deletions of earlier consumes, free the maildrop. */
 	session_end(s);
 	s->spool_ready = true;
-	s->online = true;
+	s->eng.online = true;
 	return &s->base;
 fail:
 	{
