@@ -36,6 +36,8 @@ struct note {
 	struct note *next;
 };
 
+#define MOVED_MAX 1024
+
 struct mfs {
 	struct cache *cache;
 	struct store *store;
@@ -53,6 +55,10 @@ struct mfs {
 	struct note *notes, *notes_tail; /* lock */
 	bool stopping;                   /* lock */
 	struct new_fh *news;             /* lock: files being created */
+	/* lock: where moved messages went.  After mv the kernel keeps the
+	 * old inode number (old folder, old UID) under the new name. */
+	struct { fuse_ino_t from, to; } moved[MOVED_MAX];
+	unsigned moved_next;
 	unsigned new_ino;                /* atomic */
 	char *tmp_dir;
 };
@@ -93,6 +99,48 @@ static bool ino_msg(fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r)
 		return false;
 	*folder_r = (int64_t)(ino >> 32);
 	*uid_r = (uint32_t)(ino & 0xffffffffu);
+	return true;
+}
+
+/* A message inode that no longer exists because mv moved it: the
+ * message's inode now.  Returns false when it was not moved. */
+static bool moved_to(struct mfs *m, fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r)
+{
+	fuse_ino_t to = 0;
+
+	pthread_mutex_lock(&m->lock);
+	for (unsigned i = 0; i < MOVED_MAX && !to; i++)
+		if (m->moved[i].from == ino)
+			to = m->moved[i].to;
+	pthread_mutex_unlock(&m->lock);
+	if (!to)
+		return false;
+	*folder_r = (int64_t)(to >> 32);
+	*uid_r = (uint32_t)(to & 0xffffffffu);
+	return true;
+}
+
+static void note_moved(struct mfs *m, fuse_ino_t from, fuse_ino_t to)
+{
+	pthread_mutex_lock(&m->lock);
+	m->moved[m->moved_next].from = from;
+	m->moved[m->moved_next].to = to;
+	m->moved_next = (m->moved_next + 1) % MOVED_MAX;
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* A message inode's (folder, UID), following moves. */
+static bool msg_of(struct mfs *m, fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r)
+{
+	struct cache_msg msg;
+
+	if (!ino_msg(ino, folder_r, uid_r))
+		return false;
+	if (cache_msg_get(m->cache, *folder_r, *uid_r, &msg) == 0) {
+		cache_msg_clear(&msg);
+		return true;
+	}
+	moved_to(m, ino, folder_r, uid_r);
 	return true;
 }
 
@@ -140,14 +188,26 @@ static void note_push(struct mfs *m, fuse_ino_t parent, const char *name, fuse_i
 	pthread_mutex_unlock(&m->lock);
 }
 
+static void append_overdue(struct mfs *m);
+
 static void *notifier_main(void *arg)
 {
 	struct mfs *m = arg;
 
 	pthread_mutex_lock(&m->lock);
 	for (;;) {
-		while (!m->stopping && !m->notes)
-			pthread_cond_wait(&m->cond, &m->lock);
+		while (!m->stopping && !m->notes) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			if (pthread_cond_timedwait(&m->cond, &m->lock, &ts) == ETIMEDOUT &&
+			    m->news) {
+				pthread_mutex_unlock(&m->lock);
+				append_overdue(m);
+				pthread_mutex_lock(&m->lock);
+			}
+		}
 		if (m->stopping)
 			break;
 		struct note *n = m->notes;
@@ -283,7 +343,7 @@ static int get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *ge
 		attr_dir(m, ino, st);
 		return 0;
 	}
-	if (ino_msg(ino, &folder, &uid)) {
+	if (msg_of(m, ino, &folder, &uid)) {
 		struct cache_msg msg;
 		struct cache_folder f;
 
@@ -324,6 +384,8 @@ static void reply_negative(fuse_req_t req)
 
 /* ---- parked requests ---- */
 
+struct new_fh;
+
 struct parked {
 	struct mfs *m;
 	fuse_req_t req;
@@ -331,6 +393,7 @@ struct parked {
 	int64_t folder_id;
 	uint32_t uid;
 	int64_t to_folder_id; /* rename */
+	struct new_fh *newfile; /* rename of a temporary file */
 	size_t size;
 	off_t off;
 	bool plus;
@@ -691,9 +754,21 @@ struct new_fh {
 	bool appended;     /* APPEND confirmed: the message now exists */
 	bool written;      /* data since the last APPEND attempt */
 	int err;           /* errno of a failed APPEND, reported once */
+	/* A temporary name ('.' first, as rsync and editors make them): the
+	 * APPEND waits for the rename to the real name, so that the mtime
+	 * set after close() (rsync) becomes the INTERNALDATE, or for
+	 * DEFER_SECONDS after release if no rename comes. */
+	bool deferred;
+	bool released;     /* closed: the news list owns it now */
+	bool appending;    /* a deferred APPEND is under way */
+	time_t released_at;
+	int64_t final_folder; /* where and as what the rename wants it */
+	char *final_name;
 	struct new_fh *next;
 	char name[];
 };
+
+#define DEFER_SECONDS 5
 
 static struct fh *fh_of(const struct fuse_file_info *fi)
 {
@@ -871,7 +946,7 @@ static void mfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_open(req, fi);
 		return;
 	}
-	if (!ino_msg(ino, &folder, &uid)) {
+	if (!msg_of(m, ino, &folder, &uid)) {
 		/* A file still being created, opened again: not supported. */
 		fuse_reply_err(req, ino_folder(ino, &folder) ? EISDIR : EACCES);
 		return;
@@ -1011,21 +1086,48 @@ struct append_ctx {
 	struct new_fh *n;
 };
 
+static void new_unlink_locked(struct mfs *m, struct new_fh *n)
+{
+	for (struct new_fh **pp = &m->news; *pp; pp = &(*pp)->next)
+		if (*pp == n) {
+			*pp = n->next;
+			break;
+		}
+}
+
+static void new_free(struct new_fh *n)
+{
+	close(n->fd);
+	free(n->final_name);
+	free(n);
+}
+
 static void append_done(void *ctx, enum store_error err, bool changed)
 {
 	struct append_ctx *a = ctx;
+	struct new_fh *n = a->n;
+	bool done_with_it;
 
 	(void)changed;
 	pthread_mutex_lock(&a->m->lock);
 	if (err == STORE_OK)
-		a->n->appended = true;
+		n->appended = true;
 	else
-		a->n->err = store_errno(err);
+		n->err = store_errno(err);
+	/* A closed file whose deferred APPEND ended: nobody else has it. */
+	done_with_it = n->released;
+	if (done_with_it)
+		new_unlink_locked(a->m, n);
 	pthread_mutex_unlock(&a->m->lock);
 	if (err != STORE_OK)
-		log_warn("cannot store %s: %s", a->n->name, strerror(store_errno(err)));
+		log_warn("cannot store %s: %s", n->final_name ? n->final_name : n->name,
+			 strerror(store_errno(err)));
 	if (a->req)
 		fuse_reply_err(a->req, store_errno(err));
+	if (done_with_it) {
+		note_push(a->m, folder_ino(n->folder_id), n->name, 0);
+		new_free(n);
+	}
 	free(a);
 }
 
@@ -1050,7 +1152,50 @@ static void append_new(struct mfs *m, fuse_req_t req, struct new_fh *n)
 	a->m = m;
 	a->req = req;
 	a->n = n;
-	m->store->ops->append(m->store, n->folder_id, n->name, n->fd, n->mtime, append_done, a);
+	m->store->ops->append(m->store, n->final_name ? n->final_folder : n->folder_id,
+			      n->final_name ? n->final_name : n->name, n->fd, n->mtime,
+			      append_done, a);
+}
+
+/* Temporary files nobody renamed within DEFER_SECONDS of closing them are
+ * stored under the name they have. */
+static void append_overdue(struct mfs *m)
+{
+	time_t now = time(NULL);
+
+	for (;;) {
+		struct new_fh *due = NULL;
+
+		pthread_mutex_lock(&m->lock);
+		for (struct new_fh *n = m->news; n && !due; n = n->next)
+			if (n->deferred && n->released && !n->appending &&
+			    now - n->released_at >= DEFER_SECONDS)
+				due = n;
+		if (due)
+			due->appending = true;
+		pthread_mutex_unlock(&m->lock);
+		if (!due)
+			return;
+		/* It was checked to be a message at close; from here on
+		 * append_done owns it. */
+		append_new(m, NULL, due);
+	}
+}
+
+/* The news entry closed under a temporary name in folder, if any; it is
+ * taken for the caller (marked appending). */
+static struct new_fh *take_deferred(struct mfs *m, int64_t folder, const char *name)
+{
+	struct new_fh *n;
+
+	pthread_mutex_lock(&m->lock);
+	n = new_find_name(m, folder, name);
+	if (n && (!n->deferred || !n->released || n->appending))
+		n = NULL;
+	if (n)
+		n->appending = true;
+	pthread_mutex_unlock(&m->lock);
+	return n;
 }
 
 static void mfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1064,6 +1209,13 @@ static void mfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	struct new_fh *n = (struct new_fh *)h;
+	if (n->name[0] == '.' && !n->appended && !n->err) {
+		/* A temporary name: APPEND at the rename (or later). */
+		n->deferred = true;
+		n->written = false;
+		fuse_reply_err(req, looks_like_message(n->fd) ? 0 : (n->err = EINVAL));
+		return;
+	}
 	/* close() returns what the server said: the APPEND happens here. */
 	if (!n->appended && (n->written || !n->err)) {
 		append_new(m, req, n);
@@ -1099,17 +1251,19 @@ static void mfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *f
 		struct new_fh *n = (struct new_fh *)h;
 
 		pthread_mutex_lock(&m->lock);
-		for (struct new_fh **pp = &m->news; *pp; pp = &(*pp)->next)
-			if (*pp == n) {
-				*pp = n->next;
-				break;
-			}
+		if (n->deferred && !n->appended && !n->err) {
+			/* Waits in the news list for its rename. */
+			n->released = true;
+			n->released_at = time(NULL);
+			pthread_mutex_unlock(&m->lock);
+			break;
+		}
+		new_unlink_locked(m, n);
 		pthread_mutex_unlock(&m->lock);
 		/* The kernel still knows the temporary inode by this name:
 		 * make it look the name up again. */
 		note_push(m, folder_ino(n->folder_id), n->name, 0);
-		close(n->fd);
-		free(n);
+		new_free(n);
 		break;
 	}
 	}
@@ -1211,7 +1365,7 @@ static void mfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_
 	uint32_t uid;
 	char num[16];
 
-	if (!ino_msg(ino, &folder, &uid) || strncmp(name, "user.", 5) != 0) {
+	if (!msg_of(m, ino, &folder, &uid) || strncmp(name, "user.", 5) != 0) {
 		fuse_reply_err(req, ENODATA);
 		return;
 	}
@@ -1245,7 +1399,7 @@ static void mfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	char list[128];
 	size_t len = 0;
 
-	if (ino_msg(ino, &folder, &uid)) {
+	if (msg_of(m, ino, &folder, &uid)) {
 		if (cache_msg_get(m->cache, folder, uid, &msg) < 0) {
 			fuse_reply_err(req, ENOENT);
 			return;
@@ -1279,7 +1433,7 @@ static void mfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 	int64_t folder;
 	uint32_t uid;
 
-	if (!ino_msg(ino, &folder, &uid) || strncmp(name, "user.", 5) != 0) {
+	if (!msg_of(m, ino, &folder, &uid) || strncmp(name, "user.", 5) != 0) {
 		fuse_reply_err(req, m->ro ? EROFS : ENOTSUP);
 		return;
 	}
@@ -1495,7 +1649,18 @@ static void mfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct mfs *m = mfs_of(req);
 	struct cache_msg msg;
+	struct new_fh *n;
 	int64_t folder;
+
+	/* A temporary file given up (rsync after a failure): never stored. */
+	if (ino_folder(parent, &folder) && (n = take_deferred(m, folder, name))) {
+		pthread_mutex_lock(&m->lock);
+		new_unlink_locked(m, n);
+		pthread_mutex_unlock(&m->lock);
+		new_free(n);
+		fuse_reply_err(req, 0);
+		return;
+	}
 
 	if (!ino_folder(parent, &folder) || folder == 0 ||
 	    cache_msg_lookup(m->cache, folder, name, &msg) < 0) {
@@ -1514,6 +1679,20 @@ static void mfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	m->store->ops->remove(m->store, folder, uid, done_reply_err, p);
 }
 
+static void move_done(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+	struct cache_msg msg;
+
+	(void)changed;
+	if (err == STORE_OK && cache_msg_lookup(p->m->cache, p->to_folder_id, p->name, &msg) == 0) {
+		note_moved(p->m, msg_ino(p->folder_id, p->uid), msg_ino(p->to_folder_id, msg.uid));
+		cache_msg_clear(&msg);
+	}
+	fuse_reply_err(p->req, store_errno(err));
+	free(p);
+}
+
 /* Rename message p->uid of p->folder_id to p->name in p->to_folder_id,
  * replying to p->req. */
 static void rename_msg(struct parked *p)
@@ -1523,7 +1702,7 @@ static void rename_msg(struct parked *p)
 
 	if (p->folder_id != p->to_folder_id) {
 		m->store->ops->move(m->store, p->folder_id, p->uid, p->to_folder_id, p->name,
-				    done_reply_err, p);
+				    move_done, p);
 		return;
 	}
 	/* The name is ours, not the server's: rename locally. */
@@ -1555,6 +1734,69 @@ static void rename_victim_gone(void *ctx, enum store_error err, bool changed)
 	rename_msg(p);
 }
 
+static void tmpfile_victim_gone(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+	struct new_fh *n = p->newfile;
+
+	(void)changed;
+	if (err != STORE_OK && err != STORE_ERR_NOTFOUND) {
+		pthread_mutex_lock(&p->m->lock);
+		n->appending = false; /* still waiting; stored later as it is */
+		pthread_mutex_unlock(&p->m->lock);
+		fuse_reply_err(p->req, store_errno(err));
+	} else {
+		append_new(p->m, p->req, n);
+	}
+	free(p);
+}
+
+/* rename(".name.XXXXXX", "name"): the temporary file becomes a message
+ * under its real name, with the mtime set since it was closed. */
+static void rename_tmpfile(struct mfs *m, fuse_req_t req, struct new_fh *n, int64_t to,
+			   const char *newname, unsigned int flags)
+{
+	struct cache_msg victim;
+	struct cache_folder f;
+	uint32_t victim_uid = 0;
+	int err = 0;
+
+	if (cache_folder_lookup(m->cache, to, newname, &f) == 0) {
+		cache_folder_clear(&f);
+		err = EEXIST;
+	} else if (cache_msg_lookup(m->cache, to, newname, &victim) == 0) {
+		victim_uid = victim.uid;
+		cache_msg_clear(&victim);
+		if (flags & RENAME_NOREPLACE)
+			err = EEXIST;
+	}
+	n->final_name = err ? NULL : strdup(newname);
+	if (!err && !n->final_name)
+		err = ENOMEM;
+	if (err) {
+		pthread_mutex_lock(&m->lock);
+		n->appending = false;
+		pthread_mutex_unlock(&m->lock);
+		fuse_reply_err(req, err);
+		return;
+	}
+	n->final_folder = to;
+	if (!victim_uid) {
+		append_new(m, req, n);
+		return;
+	}
+	struct parked *p = park(req, folder_ino(to), newname);
+	if (!p) {
+		pthread_mutex_lock(&m->lock);
+		n->appending = false;
+		pthread_mutex_unlock(&m->lock);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->newfile = n;
+	m->store->ops->remove(m->store, to, victim_uid, tmpfile_victim_gone, p);
+}
+
 static void mfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		       fuse_ino_t newparent, const char *newname, unsigned int flags)
 {
@@ -1574,6 +1816,11 @@ static void mfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	if (m->ro) {
 		fuse_reply_err(req, EROFS);
+		return;
+	}
+	struct new_fh *tmpfile = to != 0 ? take_deferred(m, from, name) : NULL;
+	if (tmpfile) {
+		rename_tmpfile(m, req, tmpfile, to, newname, flags);
 		return;
 	}
 	/* A folder is never replaced (its mail would go); a message only

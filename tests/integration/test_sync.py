@@ -627,9 +627,12 @@ def test_rsync_directory_of_messages(make_user, mount, tmp_path, report):
         matches, len(files)))
     for s in seen[:2]:
         report("  " + s)
-    # A second rsync -a sees other mtimes (and sizes, for the LF files) and sends the files
-    # again; replacing a message is refused (EEXIST), which rsync reports.  Whatever it
-    # reports, the server must end with each message exactly once and no temporary names.
+    # rsync sets the mtime after close(), on its temporary name, then renames: mailfs
+    # appends at the rename, so the mtime becomes the INTERNALDATE
+    assert matches == len(files), "\n".join(seen)
+    # A second rsync -a sees other sizes (CRLF on the server) and sends the files again,
+    # renaming each onto the existing name, which replaces it.  The server must end with
+    # each message exactly once and no temporary names.
     r = sh(["rsync", "-a", str(src) + "/", fpath(m, "Imported") + "/"])
     report("second rsync -a into the same folder: exit %d, %d stderr lines" % (
         r.returncode, len(r.stderr.splitlines())))
