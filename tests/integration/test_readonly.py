@@ -834,3 +834,35 @@ def test_fail_server_without_starttls(plain_server, make_user, try_mount):
 def test_fail_bad_source(user, try_mount):
     a = try_mount(user, source="http://%s@127.0.0.1:1" % user.name)
     _one_line_failure(a, r"source|url|scheme|imap|http")
+
+
+def test_mount_through_mount_fuse3(user, server, mailfs_bin, tmp_path):
+    """What /etc/fstab does: `mount -t fuse.mailfs SOURCE MNT -o ...` runs
+    mount.fuse3, which runs `mailfs SOURCE MNT -o OPTS` (mailfs from PATH)
+    with generic mount options mixed in."""
+    raw = (b"From: Fstab <fstab@example.org>\r\nSubject: from fstab\r\n"
+           b"Date: Mon, 02 Jun 2025 10:00:00 +0000\r\n\r\nhello\r\n")
+    user.append_many("INBOX", [raw])
+    pw = tmp_path / "pw"
+    server.password_file_for(user.name, str(pw))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    os.symlink(mailfs_bin, bindir / "mailfs")
+    env = dict(os.environ, PATH="%s:%s" % (bindir, os.environ.get("PATH", "/usr/bin:/bin")),
+               TZ="UTC")
+    opts = "password_file=%s,cafile=%s,cache_dir=%s,noatime,nosuid,nodev,rw" % (
+        pw, server.cert, tmp_path / "cache")
+    r = subprocess.run(["mount.fuse3", user.url(), str(mnt), "-t", "mailfs", "-o", opts],
+                       env=env, capture_output=True, text=True, timeout=60)
+    try:
+        assert r.returncode == 0, r.stderr
+        fields = [l.split() for l in open("/proc/mounts") if l.split()[1] == str(mnt)]
+        assert fields, "no mount at %s" % mnt
+        assert fields[0][2] == "fuse.mailfs"
+        assert fields[0][0] == user.url()
+        inbox = os.listdir(mnt / "INBOX")
+        assert any(n.endswith("Fstab - from fstab.eml") for n in inbox), inbox
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
