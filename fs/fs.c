@@ -2048,6 +2048,33 @@ int mfs_start(struct mfs *m, struct fuse_session *se)
 	return m->store->ops->start(m->store, &ev);
 }
 
+void mfs_drain(struct mfs *m)
+{
+	bool waiting = true;
+
+	pthread_mutex_lock(&m->lock);
+	for (struct new_fh *n = m->news; n; n = n->next)
+		if (n->deferred && n->released)
+			n->released_at = 0;
+	pthread_mutex_unlock(&m->lock);
+	append_overdue(m);
+	/* The engine is still running: wait (bounded) for its answers. */
+	for (int i = 0; i < 600 && waiting; i++) {
+		pthread_mutex_lock(&m->lock);
+		waiting = false;
+		for (struct new_fh *n = m->news; n; n = n->next)
+			waiting |= n->deferred && n->released;
+		pthread_mutex_unlock(&m->lock);
+		if (waiting) {
+			struct timespec ts = { 0, 50 * 1000 * 1000 };
+
+			nanosleep(&ts, NULL);
+		}
+	}
+	if (waiting)
+		log_error("unmounting with temporary files not yet stored on the server");
+}
+
 void mfs_destroy(struct mfs **mp)
 {
 	struct mfs *m = *mp;
@@ -2066,6 +2093,12 @@ void mfs_destroy(struct mfs **mp)
 		m->notes = n->next;
 		free(n->name);
 		free(n);
+	}
+	while (m->news) {
+		struct new_fh *n = m->news;
+
+		m->news = n->next;
+		new_free(n);
 	}
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->cond);

@@ -32,6 +32,9 @@ const struct fuse_lowlevel_ops *mfs_ops(void);
 /* After fuse_session_new and daemonizing: start the notifier thread and
  * the store's engine.  0 or -errno. */
 int mfs_start(struct mfs *mfs, struct fuse_session *se);
+/* At unmount, while the store still runs: store the temporary files
+ * still waiting for a rename (see fs.c), waiting up to 30 s. */
+void mfs_drain(struct mfs *mfs);
 /* Stop the notifier (the store is stopped by its owner); frees. */
 void mfs_destroy(struct mfs **mfs);
 

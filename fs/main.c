@@ -398,6 +398,7 @@ int main(int argc, char **argv)
 		ret = fuse_session_loop_mt(se, loop);
 	ret = ret == 0 ? 0 : 1;
 	fuse_loop_cfg_destroy(loop);
+	mfs_drain(mfs);
 out_unmount:
 	fuse_session_unmount(se);
 out_handlers:
