@@ -1,0 +1,594 @@
+/* fs-changes.c: changes made through the mount (see fs-private.h): each
+ * is checked locally, then parked with the store until the server has
+ * confirmed it. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs-private.h"
+#include "log.h"
+
+/* ---- xattrs ---- */
+
+static const char *const xattr_names[] = {
+	"user.mail.flags", "user.mail.uid", "user.mail.message_id", "user.mime_type",
+};
+
+static void reply_xattr_value(fuse_req_t req, const char *value, size_t len, size_t size)
+{
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+}
+
+void fs_changes_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_msg msg;
+	int64_t folder;
+	uint32_t uid;
+	char num[16];
+
+	if (!mfs_msg_of(m, ino, &folder, &uid) || strncmp(name, "user.", 5) != 0) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	if (cache_msg_get(m->cache, folder, uid, &msg) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (!strcmp(name, "user.mail.flags") && (m->store->caps & STORE_CAP_FLAGS)) {
+		reply_xattr_value(req, msg.flags, strlen(msg.flags), size);
+	} else if (!strcmp(name, "user.mail.uid") && (m->store->caps & STORE_CAP_FLAGS)) {
+		int n = snprintf(num, sizeof(num), "%u", uid);
+
+		reply_xattr_value(req, num, (size_t)n, size);
+	} else if (!strcmp(name, "user.mail.message_id") && msg.message_id &&
+		   (m->store->caps & STORE_CAP_FLAGS)) {
+		reply_xattr_value(req, msg.message_id, strlen(msg.message_id), size);
+	} else if (!strcmp(name, "user.mime_type")) {
+		reply_xattr_value(req, "message/rfc822", 14, size);
+	} else {
+		fuse_reply_err(req, ENODATA);
+	}
+	cache_msg_clear(&msg);
+}
+
+void fs_changes_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_msg msg;
+	int64_t folder;
+	uint32_t uid;
+	char list[128];
+	size_t len = 0;
+
+	if (mfs_msg_of(m, ino, &folder, &uid)) {
+		if (cache_msg_get(m->cache, folder, uid, &msg) < 0) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		for (size_t i = 0; i < sizeof(xattr_names) / sizeof(xattr_names[0]); i++) {
+			if (i < 3 && !(m->store->caps & STORE_CAP_FLAGS))
+				continue;
+			if (i == 2 && !msg.message_id)
+				continue;
+			memcpy(list + len, xattr_names[i], strlen(xattr_names[i]) + 1);
+			len += strlen(xattr_names[i]) + 1;
+		}
+		cache_msg_clear(&msg);
+	}
+	reply_xattr_value(req, list, len, size);
+}
+
+void fs_changes_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			 const char *value, size_t size, int flags)
+{
+	struct mfs *m = mfs_of(req);
+	int64_t folder;
+	uint32_t uid;
+
+	if (!mfs_msg_of(m, ino, &folder, &uid) || strncmp(name, "user.", 5) != 0) {
+		fuse_reply_err(req, m->ro ? EROFS : ENOTSUP);
+		return;
+	}
+	if (strcmp(name, "user.mail.flags") != 0) {
+		/* uid, message_id and mime_type are facts, not settings. */
+		fuse_reply_err(req, m->ro ? EROFS : EACCES);
+		return;
+	}
+	if (mfs_ro_or(m, req, m->store->ops->set_flags != NULL))
+		return;
+	if (flags & XATTR_CREATE) {
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	struct parked *p = mfs_park(req, ino, NULL);
+	char *v = malloc(size + 1);
+	if (!p || !v) {
+		free(p);
+		free(v);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	memcpy(v, value, size);
+	v[size] = '\0';
+	/* Flags are atoms separated by spaces; anything else is refused
+	 * here rather than by the server. */
+	for (char *q = v; *q; q++) {
+		if (*q == '\n' || *q == '\t' || *q == ',')
+			*q = ' ';
+		else if ((unsigned char)*q < ' ' || *q == '(' || *q == ')' || *q == '"' ||
+			 *q == '{' || (unsigned char)*q >= 127) {
+			free(v);
+			free(p);
+			fuse_reply_err(req, EINVAL);
+			return;
+		}
+	}
+	m->store->ops->set_flags(m->store, folder, uid, v, mfs_done_reply_err, p);
+	free(v);
+}
+
+void fs_changes_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	struct mfs *m = mfs_of(req);
+
+	int64_t folder;
+	uint32_t uid;
+
+	if (ino_msg(ino, &folder, &uid) && !strcmp(name, "user.mail.flags")) {
+		/* Removing the flags attribute clears every flag. */
+		fs_changes_setxattr(req, ino, name, "", 0, 0);
+		return;
+	}
+	fuse_reply_err(req, m->ro ? EROFS : strncmp(name, "user.", 5) ? ENOTSUP : EACCES);
+}
+
+/* ---- changes ---- */
+
+void fs_changes_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+			struct fuse_file_info *fi)
+{
+	struct mfs *m = mfs_of(req);
+	struct stat st;
+	uint64_t gen;
+	struct new_fh *n;
+
+	/* `echo > .mailfs/sync` truncates: harmless. */
+	if (ino == INO_SYNC) {
+		mfs_get_attr(m, ino, &st, &gen);
+		fuse_reply_attr(req, &st, TIMEOUT);
+		return;
+	}
+	pthread_mutex_lock(&m->lock);
+	n = fi && fs_files_fh(fi)->kind == FH_NEW ? (struct new_fh *)fs_files_fh(fi) : fs_files_find_ino(m, ino);
+	if (n) {
+		int err = 0;
+
+		if ((to_set & FUSE_SET_ATTR_SIZE) && !n->appended &&
+		    ftruncate(n->fd, attr->st_size) < 0)
+			err = errno;
+		else if ((to_set & FUSE_SET_ATTR_SIZE) && n->appended)
+			err = EACCES;
+		if (to_set & FUSE_SET_ATTR_MTIME)
+			n->mtime = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? time(NULL) : attr->st_mtime;
+		if (!err)
+			fs_files_attr(m, n, &st);
+		pthread_mutex_unlock(&m->lock);
+		if (err)
+			fuse_reply_err(req, err);
+		else
+			fuse_reply_attr(req, &st, 0);
+		return;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (m->ro) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (mfs_get_attr(m, ino, &st, &gen) != 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	/* Messages are immutable; times, modes and owners are the mount's.
+	 * Tools that copy attributes (cp -p, rsync -a) set them anyway:
+	 * accept those as no-ops, refuse only a change of content. */
+	if (to_set & FUSE_SET_ATTR_SIZE) {
+		fuse_reply_err(req, S_ISDIR(st.st_mode) ? EISDIR : EACCES);
+		return;
+	}
+	fuse_reply_attr(req, &st, TIMEOUT);
+}
+
+static void entry_ready_folder(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+	struct cache_folder f;
+	struct fuse_entry_param e;
+	struct stat st;
+
+	(void)changed;
+	if (err != STORE_OK) {
+		fuse_reply_err(p->req, mfs_store_errno(err));
+	} else if (cache_folder_lookup(p->m->cache, p->folder_id, p->name, &f) < 0) {
+		fuse_reply_err(p->req, EIO);
+	} else {
+		mfs_attr_dir(p->m, folder_ino(f.id), &st);
+		mfs_fill_entry(&e, folder_ino(f.id), &st, 1);
+		cache_folder_clear(&f);
+		fuse_reply_entry(p->req, &e);
+	}
+	free(p);
+}
+
+void fs_changes_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_folder f;
+	int64_t folder;
+
+	(void)mode;
+	if (parent == INO_CTL || !ino_folder(parent, &folder)) {
+		fuse_reply_err(req, m->ro ? EROFS : EPERM);
+		return;
+	}
+	if (mfs_ro_or(m, req, m->store->ops->mkdir != NULL))
+		return;
+	if (name[0] == '.') {
+		/* Our names never start with '.'; such a folder could not be
+		 * shown under its own name. */
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (cache_folder_lookup(m->cache, folder, name, &f) == 0) {
+		cache_folder_clear(&f);
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	struct parked *p = mfs_park(req, parent, name);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->folder_id = folder;
+	m->store->ops->mkdir(m->store, folder, name, entry_ready_folder, p);
+}
+
+/* The server found mail the cache had not seen yet: not empty. */
+static void rmdir_done(void *ctx, enum store_error err, bool not_empty)
+{
+	struct parked *p = ctx;
+
+	fuse_reply_err(p->req, not_empty ? ENOTEMPTY : mfs_store_errno(err));
+	free(p);
+}
+
+void fs_changes_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_folder f, *kids;
+	size_t nkids = 0;
+	int64_t folder;
+
+	if (parent == INO_ROOT && !strcmp(name, CTL_NAME)) {
+		fuse_reply_err(req, m->ro ? EROFS : EPERM);
+		return;
+	}
+	if (!ino_folder(parent, &folder) || cache_folder_lookup(m->cache, folder, name, &f) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (mfs_ro_or(m, req, m->store->ops->rmdir != NULL)) {
+		cache_folder_clear(&f);
+		return;
+	}
+	if (cache_folder_children(m->cache, f.id, 0, 1, &kids, &nkids) == 0)
+		cache_folder_list_free(kids, nkids);
+	if (nkids > 0 || cache_msg_count(m->cache, f.id) > 0) {
+		cache_folder_clear(&f);
+		fuse_reply_err(req, ENOTEMPTY);
+		return;
+	}
+	struct parked *p = mfs_park(req, parent, name);
+	if (!p) {
+		cache_folder_clear(&f);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	m->store->ops->rmdir(m->store, f.id, rmdir_done, p);
+	cache_folder_clear(&f);
+}
+
+void fs_changes_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_msg msg;
+	struct new_fh *n;
+	int64_t folder;
+
+	/* A temporary file given up (rsync after a failure): never stored. */
+	if (ino_folder(parent, &folder) && (n = fs_files_take_deferred(m, folder, name))) {
+		pthread_mutex_lock(&m->lock);
+		fs_files_unlink_locked(m, n);
+		pthread_mutex_unlock(&m->lock);
+		fs_files_free(n);
+		fuse_reply_err(req, 0);
+		return;
+	}
+
+	if (!ino_folder(parent, &folder) || folder == 0 ||
+	    cache_msg_lookup(m->cache, folder, name, &msg) < 0) {
+		fuse_reply_err(req, parent == INO_CTL ? (m->ro ? EROFS : EPERM) : ENOENT);
+		return;
+	}
+	uint32_t uid = msg.uid;
+	cache_msg_clear(&msg);
+	if (mfs_ro_or(m, req, m->store->ops->remove != NULL))
+		return;
+	struct parked *p = mfs_park(req, parent, name);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	m->store->ops->remove(m->store, folder, uid, mfs_done_reply_err, p);
+}
+
+static void move_done(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+	struct cache_msg msg;
+
+	(void)changed;
+	if (err == STORE_OK && cache_msg_lookup(p->m->cache, p->to_folder_id, p->name, &msg) == 0) {
+		mfs_note_moved(p->m, msg_ino(p->folder_id, p->uid), msg_ino(p->to_folder_id, msg.uid));
+		cache_msg_clear(&msg);
+	}
+	fuse_reply_err(p->req, mfs_store_errno(err));
+	free(p);
+}
+
+/* Rename message p->uid of p->folder_id to p->name in p->to_folder_id,
+ * replying to p->req. */
+static void rename_msg(struct parked *p)
+{
+	struct mfs *m = p->m;
+	struct cache_msg old;
+
+	if (p->folder_id != p->to_folder_id) {
+		m->store->ops->move(m->store, p->folder_id, p->uid, p->to_folder_id, p->name,
+				    move_done, p);
+		return;
+	}
+	/* The name is ours, not the server's: rename locally. */
+	if (cache_msg_get(m->cache, p->folder_id, p->uid, &old) < 0) {
+		fuse_reply_err(p->req, ENOENT);
+		free(p);
+		return;
+	}
+	int r = cache_msg_rename(m->cache, p->folder_id, p->uid, p->name);
+	if (r == 0) {
+		mfs_note_push(m, folder_ino(p->folder_id), old.name, 0);
+		mfs_note_push(m, folder_ino(p->folder_id), p->name, 0);
+	}
+	cache_msg_clear(&old);
+	fuse_reply_err(p->req, r < 0 ? -r : 0);
+	free(p);
+}
+
+static void rename_victim_gone(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+
+	(void)changed;
+	if (err != STORE_OK && err != STORE_ERR_NOTFOUND) {
+		fuse_reply_err(p->req, mfs_store_errno(err));
+		free(p);
+		return;
+	}
+	rename_msg(p);
+}
+
+static void tmpfile_victim_gone(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+	struct new_fh *n = p->newfile;
+
+	(void)changed;
+	if (err != STORE_OK && err != STORE_ERR_NOTFOUND) {
+		pthread_mutex_lock(&p->m->lock);
+		n->appending = false; /* still waiting; stored later as it is */
+		pthread_mutex_unlock(&p->m->lock);
+		fuse_reply_err(p->req, mfs_store_errno(err));
+	} else {
+		fs_files_append(p->m, p->req, n);
+	}
+	free(p);
+}
+
+/* rename(".name.XXXXXX", "name"): the temporary file becomes a message
+ * under its real name, with the mtime set since it was closed. */
+static void rename_tmpfile(struct mfs *m, fuse_req_t req, struct new_fh *n, int64_t to,
+			   const char *newname, unsigned int flags)
+{
+	struct cache_msg victim;
+	struct cache_folder f;
+	uint32_t victim_uid = 0;
+	int err = 0;
+
+	if (cache_folder_lookup(m->cache, to, newname, &f) == 0) {
+		cache_folder_clear(&f);
+		err = EEXIST;
+	} else if (cache_msg_lookup(m->cache, to, newname, &victim) == 0) {
+		victim_uid = victim.uid;
+		cache_msg_clear(&victim);
+		if (flags & RENAME_NOREPLACE)
+			err = EEXIST;
+	}
+	n->final_name = err ? NULL : strdup(newname);
+	if (!err && !n->final_name)
+		err = ENOMEM;
+	if (err) {
+		pthread_mutex_lock(&m->lock);
+		n->appending = false;
+		pthread_mutex_unlock(&m->lock);
+		fuse_reply_err(req, err);
+		return;
+	}
+	n->final_folder = to;
+	if (!victim_uid) {
+		fs_files_append(m, req, n);
+		return;
+	}
+	struct parked *p = mfs_park(req, folder_ino(to), newname);
+	if (!p) {
+		pthread_mutex_lock(&m->lock);
+		n->appending = false;
+		pthread_mutex_unlock(&m->lock);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->newfile = n;
+	m->store->ops->remove(m->store, to, victim_uid, tmpfile_victim_gone, p);
+}
+
+void fs_changes_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	struct mfs *m = mfs_of(req);
+	struct cache_folder f, dst;
+	struct cache_msg msg;
+	int64_t from, to;
+
+	if (flags & RENAME_EXCHANGE) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (!ino_folder(parent, &from) || !ino_folder(newparent, &to) ||
+	    parent == INO_CTL || newparent == INO_CTL) {
+		fuse_reply_err(req, m->ro ? EROFS : EPERM);
+		return;
+	}
+	if (m->ro) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	struct new_fh *tmpfile = to != 0 ? fs_files_take_deferred(m, from, name) : NULL;
+	if (tmpfile) {
+		rename_tmpfile(m, req, tmpfile, to, newname, flags);
+		return;
+	}
+	/* A folder is never replaced (its mail would go); a message only
+	 * the way rename(2) says, by removing the one that had the name. */
+	if (cache_folder_lookup(m->cache, to, newname, &dst) == 0) {
+		cache_folder_clear(&dst);
+		fuse_reply_err(req, EEXIST);
+		return;
+	}
+	uint32_t victim = 0;
+	if (to != 0 && cache_msg_lookup(m->cache, to, newname, &msg) == 0) {
+		victim = msg.uid;
+		cache_msg_clear(&msg);
+		if (flags & RENAME_NOREPLACE) {
+			fuse_reply_err(req, EEXIST);
+			return;
+		}
+	}
+	if (cache_folder_lookup(m->cache, from, name, &f) == 0) {
+		int64_t id = f.id;
+
+		cache_folder_clear(&f);
+		if (mfs_ro_or(m, req, m->store->ops->rename_folder != NULL))
+			return;
+		if (newname[0] == '.') {
+			fuse_reply_err(req, EPERM);
+			return;
+		}
+		/* A folder cannot move into itself or its descendants. */
+		for (int64_t a = to; a != 0;) {
+			struct cache_folder af;
+
+			if (a == id) {
+				fuse_reply_err(req, EINVAL);
+				return;
+			}
+			if (cache_folder_get(m->cache, a, &af) < 0)
+				break;
+			a = af.parent_id;
+			cache_folder_clear(&af);
+		}
+		struct parked *p = mfs_park(req, parent, name);
+		if (!p) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		m->store->ops->rename_folder(m->store, id, to, newname, mfs_done_reply_err, p);
+		return;
+	}
+	if (from == 0 || cache_msg_lookup(m->cache, from, name, &msg) < 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	uint32_t uid = msg.uid;
+	cache_msg_clear(&msg);
+	if (to == 0) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (from == to && victim == uid) {
+		fuse_reply_err(req, 0); /* rename to itself */
+		return;
+	}
+	if (from != to && mfs_ro_or(m, req, m->store->ops->move != NULL))
+		return;
+	if (victim && mfs_ro_or(m, req, m->store->ops->remove != NULL))
+		return;
+	struct parked *p = mfs_park(req, newparent, newname);
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p->folder_id = from;
+	p->uid = uid;
+	p->to_folder_id = to;
+	if (victim)
+		m->store->ops->remove(m->store, to, victim, rename_victim_gone, p);
+	else
+		rename_msg(p);
+}
+
+void fs_changes_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      dev_t rdev)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)rdev;
+	fuse_reply_err(req, mfs_of(req)->ro ? EROFS : EPERM);
+}
+
+void fs_changes_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	(void)link;
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, mfs_of(req)->ro ? EROFS : EPERM);
+}
+
+void fs_changes_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	(void)ino;
+	(void)newparent;
+	(void)newname;
+	fuse_reply_err(req, mfs_of(req)->ro ? EROFS : EPERM);
+}
+

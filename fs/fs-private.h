@@ -1,0 +1,226 @@
+/* fs-private.h: what the FUSE layer's files share.
+ *
+ * fs.c          inodes, attributes, lookup, readdir, the notifier, the
+ *               ops table
+ * fs-files.c    open files: message bodies, the status file, new files
+ *               (create, write, and the APPEND at close or rename)
+ * fs-changes.c  rm, mv, mkdir, rmdir, setattr and the xattrs
+ *
+ * mfs.lock protects the fields marked "lock". */
+#ifndef MAILFS_FS_PRIVATE_H
+#define MAILFS_FS_PRIVATE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "fs.h"
+
+#define INO_ROOT   1
+#define INO_CTL    2 /* MOUNTPOINT/.mailfs */
+#define INO_STATUS 3
+#define INO_SYNC   4
+
+#define CTL_NAME ".mailfs"
+#define TIMEOUT 60.0 /* every change we know of is also notified */
+#define MSG_COOKIE ((off_t)1 << 32)
+
+struct note {
+	fuse_ino_t parent; /* inval_entry(parent, name), or */
+	char *name;
+	fuse_ino_t ino;    /* inval_inode(ino) attributes */
+	struct note *next;
+};
+
+#define MOVED_MAX 1024
+
+struct mfs {
+	struct cache *cache;
+	struct store *store;
+	bool ro;
+	uint64_t cache_limit;
+	uid_t uid;
+	gid_t gid;
+	time_t started;
+	struct fuse_session *se;
+
+	pthread_t notifier;
+	bool notifier_running;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct note *notes, *notes_tail; /* lock */
+	bool stopping;                   /* lock */
+	struct new_fh *news;             /* lock: files being created */
+	/* lock: where moved messages went.  After mv the kernel keeps the
+	 * old inode number (old folder, old UID) under the new name. */
+	struct { fuse_ino_t from, to; } moved[MOVED_MAX];
+	unsigned moved_next;
+	unsigned new_ino;                /* atomic */
+	char *tmp_dir;
+};
+
+struct new_fh;
+
+struct parked {
+	struct mfs *m;
+	fuse_req_t req;
+	fuse_ino_t ino;
+	int64_t folder_id;
+	uint32_t uid;
+	int64_t to_folder_id; /* rename */
+	struct new_fh *newfile; /* rename of a temporary file */
+	size_t size;
+	off_t off;
+	bool plus;
+	struct fuse_file_info fi;
+	char name[];
+};
+
+enum fh_kind { FH_TEXT, FH_BODY, FH_NEW, FH_SYNC };
+
+struct fh {
+	enum fh_kind kind;
+};
+
+struct text_fh {
+	struct fh h;
+	size_t len;
+	char data[];
+};
+
+struct body_fh {
+	struct fh h;
+	int fd;
+	off_t size;
+	bool eof; /* the reader reached the end (read-once backends) */
+	int64_t folder_id;
+	uint32_t uid;
+};
+
+/* A file being created.  Listed in mfs->news (under mfs->lock) so that
+ * lookup and getattr see it while it is written. */
+struct new_fh {
+	struct fh h;
+	int fd;
+	fuse_ino_t ino;
+	int64_t folder_id;
+	int64_t mtime;     /* set by utimens (cp -p, rsync); 0: none */
+	bool appended;     /* APPEND confirmed: the message now exists */
+	bool written;      /* data since the last APPEND attempt */
+	int err;           /* errno of a failed APPEND, reported once */
+	/* A temporary name ('.' first, as rsync and editors make them): the
+	 * APPEND waits for the rename to the real name, so that the mtime
+	 * set after close() (rsync) becomes the INTERNALDATE, or for
+	 * DEFER_SECONDS after release if no rename comes. */
+	bool deferred;
+	bool released;     /* closed: the news list owns it now */
+	bool appending;    /* a deferred APPEND is under way */
+	time_t released_at;
+	int64_t final_folder; /* where and as what the rename wants it */
+	char *final_name;
+	struct new_fh *next;
+	char name[];
+};
+
+#define DEFER_SECONDS 5
+
+static inline struct mfs *mfs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static inline fuse_ino_t folder_ino(int64_t id)
+{
+	return id == 0 ? INO_ROOT : (fuse_ino_t)id << 32;
+}
+
+static inline fuse_ino_t msg_ino(int64_t folder_id, uint32_t uid)
+{
+	return ((fuse_ino_t)folder_id << 32) | uid;
+}
+
+/* Derived inode numbers: below 2^32 the fixed ones, above (folder, uid)
+ * with uid 0 for the folder itself; the root is folder 0. */
+static inline bool ino_folder(fuse_ino_t ino, int64_t *folder_r)
+{
+	if (ino == INO_ROOT) {
+		*folder_r = 0;
+		return true;
+	}
+	if (ino >> 32 && (ino & 0xffffffffu) == 0) {
+		*folder_r = (int64_t)(ino >> 32);
+		return true;
+	}
+	return false;
+}
+
+static inline bool ino_msg(fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r)
+{
+	if (!(ino >> 32) || (ino & 0xffffffffu) == 0)
+		return false;
+	*folder_r = (int64_t)(ino >> 32);
+	*uid_r = (uint32_t)(ino & 0xffffffffu);
+	return true;
+}
+
+/* fs.c */
+void mfs_attr_dir(struct mfs *m, fuse_ino_t ino, struct stat *st);
+void mfs_attr_file(struct mfs *m, fuse_ino_t ino, uint64_t size, time_t mtime,
+		      mode_t mode, struct stat *st);
+void mfs_attr_msg(struct mfs *m, const struct cache_msg *msg, struct stat *st);
+void mfs_done_reply_err(void *ctx, enum store_error err, bool changed);
+void mfs_fill_entry(struct fuse_entry_param *e, fuse_ino_t ino, const struct stat *st,
+		       uint64_t generation);
+int mfs_get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *generation_r);
+bool mfs_msg_of(struct mfs *m, fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r);
+void mfs_note_moved(struct mfs *m, fuse_ino_t from, fuse_ino_t to);
+void mfs_note_push(struct mfs *m, fuse_ino_t parent, const char *name, fuse_ino_t ino);
+struct parked *mfs_park(fuse_req_t req, fuse_ino_t ino, const char *name);
+bool mfs_ro_or(struct mfs *m, fuse_req_t req, bool supported);
+char *mfs_status_text(struct mfs *m, size_t *len_r);
+int mfs_store_errno(enum store_error e);
+
+/* fs-files.c */
+void fs_files_append(struct mfs *m, fuse_req_t req, struct new_fh *n);
+void fs_files_append_overdue(struct mfs *m);
+void fs_files_attr(struct mfs *m, struct new_fh *n, struct stat *st);
+bool fs_files_attr_by_ino(struct mfs *m, fuse_ino_t ino, struct stat *st);
+void fs_files_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		       struct fuse_file_info *fi);
+bool fs_files_entry_by_name(struct mfs *m, int64_t folder, const char *name,
+			      struct fuse_entry_param *e);
+struct fh *fs_files_fh(const struct fuse_file_info *fi);
+struct new_fh *fs_files_find_ino(struct mfs *m, fuse_ino_t ino);
+struct new_fh *fs_files_find_name(struct mfs *m, int64_t folder, const char *name);
+void fs_files_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fs_files_free(struct new_fh *n);
+void fs_files_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fs_files_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     struct fuse_file_info *fi);
+void fs_files_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+struct new_fh *fs_files_take_deferred(struct mfs *m, int64_t folder, const char *name);
+void fs_files_unlink_locked(struct mfs *m, struct new_fh *n);
+void fs_files_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+		      off_t off, struct fuse_file_info *fi);
+
+/* fs-changes.c */
+void fs_changes_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+void fs_changes_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void fs_changes_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+void fs_changes_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void fs_changes_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      dev_t rdev);
+void fs_changes_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+void fs_changes_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		       fuse_ino_t newparent, const char *newname, unsigned int flags);
+void fs_changes_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fs_changes_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+			struct fuse_file_info *fi);
+void fs_changes_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			 const char *value, size_t size, int flags);
+void fs_changes_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name);
+void fs_changes_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+
+#endif
