@@ -112,12 +112,14 @@ void fs_changes_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		fuse_reply_err(req, EEXIST);
 		return;
 	}
-	struct parked *p = mfs_park(req, ino, NULL);
 	char *v = malloc(size + 1);
-	if (!p || !v) {
-		free(p);
-		free(v);
+	if (!v) {
 		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	struct parked *p = mfs_park(req, ino, NULL);
+	if (!p) {
+		free(v);
 		return;
 	}
 	memcpy(v, value, size);
@@ -256,10 +258,8 @@ void fs_changes_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		return;
 	}
 	struct parked *p = mfs_park(req, parent, name);
-	if (!p) {
-		fuse_reply_err(req, ENOMEM);
+	if (!p)
 		return;
-	}
 	p->folder_id = folder;
 	m->store->ops->mkdir(m->store, folder, name, entry_ready_folder, p);
 }
@@ -302,7 +302,6 @@ void fs_changes_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct parked *p = mfs_park(req, parent, name);
 	if (!p) {
 		cache_folder_clear(&f);
-		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	m->store->ops->rmdir(m->store, f.id, rmdir_done, p);
@@ -336,10 +335,8 @@ void fs_changes_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (mfs_ro_or(m, req, m->store->ops->remove != NULL))
 		return;
 	struct parked *p = mfs_park(req, parent, name);
-	if (!p) {
-		fuse_reply_err(req, ENOMEM);
+	if (!p)
 		return;
-	}
 	m->store->ops->remove(m->store, folder, uid, mfs_done_reply_err, p);
 }
 
@@ -454,7 +451,6 @@ static void rename_tmpfile(struct mfs *m, fuse_req_t req, struct new_fh *n, int6
 		pthread_mutex_lock(&m->lock);
 		n->appending = false;
 		pthread_mutex_unlock(&m->lock);
-		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	p->newfile = n;
@@ -527,10 +523,8 @@ void fs_changes_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			cache_folder_clear(&af);
 		}
 		struct parked *p = mfs_park(req, parent, name);
-		if (!p) {
-			fuse_reply_err(req, ENOMEM);
+		if (!p)
 			return;
-		}
 		m->store->ops->rename_folder(m->store, id, to, newname, mfs_done_reply_err, p);
 		return;
 	}
@@ -553,10 +547,8 @@ void fs_changes_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	if (victim && mfs_ro_or(m, req, m->store->ops->remove != NULL))
 		return;
 	struct parked *p = mfs_park(req, newparent, newname);
-	if (!p) {
-		fuse_reply_err(req, ENOMEM);
+	if (!p)
 		return;
-	}
 	p->folder_id = from;
 	p->uid = uid;
 	p->to_folder_id = to;

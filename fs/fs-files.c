@@ -203,7 +203,6 @@ void fs_files_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (!p) {
 		if (fd >= 0)
 			close(fd);
-		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	p->fi = *fi;

@@ -177,6 +177,8 @@ int mfs_get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *gener
 bool mfs_msg_of(struct mfs *m, fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r);
 void mfs_note_moved(struct mfs *m, fuse_ino_t from, fuse_ino_t to);
 void mfs_note_push(struct mfs *m, fuse_ino_t parent, const char *name, fuse_ino_t ino);
+/* A request to answer later, with a copy of name; on failure it has
+ * replied ENOMEM itself and returns NULL. */
 struct parked *mfs_park(fuse_req_t req, fuse_ino_t ino, const char *name);
 bool mfs_ro_or(struct mfs *m, fuse_req_t req, bool supported);
 char *mfs_status_text(struct mfs *m, size_t *len_r);

@@ -309,8 +309,10 @@ struct parked *mfs_park(fuse_req_t req, fuse_ino_t ino, const char *name)
 	size_t nl = name ? strlen(name) : 0;
 	struct parked *p = calloc(1, sizeof(*p) + nl + 1);
 
-	if (!p)
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
 		return NULL;
+	}
 	p->m = mfs_of(req);
 	p->req = req;
 	p->ino = ino;
@@ -439,10 +441,8 @@ static void mfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	struct parked *p = mfs_park(req, parent, name);
-	if (!p) {
-		fuse_reply_err(req, ENOMEM);
+	if (!p)
 		return;
-	}
 	p->folder_id = folder;
 	m->store->ops->folder_ready(m->store, folder, lookup_ready, p);
 }
@@ -616,10 +616,8 @@ static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 		return;
 	}
 	struct parked *p = mfs_park(req, ino, NULL);
-	if (!p) {
-		fuse_reply_err(req, ENOMEM);
+	if (!p)
 		return;
-	}
 	p->folder_id = folder;
 	p->size = size;
 	p->off = off;
