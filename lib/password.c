@@ -358,6 +358,35 @@ static void password_gerror_line(const GError *error, char *buf, size_t size)
 	snprintf(buf, size, "%.*s", (int)strcspn(msg, "\r\n"), msg);
 }
 
+/* The attributes that name this account's entry; unref when done. */
+static GHashTable *password_attributes(const struct url *url)
+{
+	GHashTable *attrs = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
+
+	g_hash_table_insert(attrs, (gpointer)"protocol", g_strdup(password_protocol(url)));
+	g_hash_table_insert(attrs, (gpointer)"user", g_strdup(url->user));
+	g_hash_table_insert(attrs, (gpointer)"host", g_strdup(url->host));
+	g_hash_table_insert(attrs, (gpointer)"port", g_strdup_printf("%d", url->port));
+	return attrs;
+}
+
+/* The one line for a failed keyring `verb` ("store", "clear"); frees
+ * error. */
+static const char *password_keyring_error(const char *verb, GError *error)
+{
+	char line[512];
+	const char *msg;
+
+	if (password_keyring_absent(error)) {
+		msg = password_errorf("cannot %s the password: " PASSWORD_NO_SERVICE, verb);
+	} else {
+		password_gerror_line(error, line, sizeof(line));
+		msg = password_errorf("cannot %s the password: %s", verb, line);
+	}
+	g_error_free(error);
+	return msg;
+}
+
 enum password_keyring_result {
 	PASSWORD_KEYRING_FOUND,
 	PASSWORD_KEYRING_NOT_FOUND,
@@ -369,16 +398,11 @@ static enum password_keyring_result
 password_keyring_lookup(const struct url *url, char **password_r)
 {
 	enum password_keyring_result ret = PASSWORD_KEYRING_NOT_FOUND;
+	GHashTable *attrs = password_attributes(url);
 	GError *error = NULL;
 	gchar *secret;
 
-	secret = secret_password_lookup_nonpageable_sync(
-		&password_schema, NULL, &error,
-		"protocol", password_protocol(url),
-		"user", url->user,
-		"host", url->host,
-		"port", (gint)url->port,
-		NULL);
+	secret = secret_password_lookupv_nonpageable_sync(&password_schema, attrs, NULL, &error);
 	if (error != NULL) {
 		if (password_keyring_absent(error)) {
 			ret = PASSWORD_KEYRING_ABSENT;
@@ -400,13 +424,8 @@ password_keyring_lookup(const struct url *url, char **password_r)
 		/* Nothing came back: also what a locked keyring whose unlock
 		 * prompt could not be shown looks like.  Look again without
 		 * unlocking, so that the user is told the right thing. */
-		GList *items = secret_password_search_sync(
-			&password_schema, SECRET_SEARCH_ALL, NULL, NULL,
-			"protocol", password_protocol(url),
-			"user", url->user,
-			"host", url->host,
-			"port", (gint)url->port,
-			NULL);
+		GList *items = secret_password_searchv_sync(&password_schema, attrs,
+						     SECRET_SEARCH_ALL, NULL, NULL);
 
 		if (items != NULL)
 			ret = PASSWORD_KEYRING_LOCKED;
@@ -414,6 +433,7 @@ password_keyring_lookup(const struct url *url, char **password_r)
 	}
 	/* Wipes the secure memory before freeing it. */
 	secret_password_free(secret);
+	g_hash_table_unref(attrs);
 	secret_service_disconnect();
 	return ret;
 }
@@ -739,34 +759,23 @@ cleanup:
 int password_keyring_set(const struct url *url, const char **error_r)
 {
 	char buf[PASSWORD_MAX + 1];
-	char account[512], label[600], line[512];
+	char account[512], label[600];
+	GHashTable *attrs;
 	GError *error = NULL;
 	gboolean stored;
 	int ret = -1;
 
 	if (password_read_new(url, buf, sizeof(buf), error_r) < 0)
 		return -1;
+	attrs = password_attributes(url);
 	password_account(url, account, sizeof(account));
 	snprintf(label, sizeof(label), "mailfs password for %s:%d", account,
 		 url->port);
-	stored = secret_password_store_sync(&password_schema,
-					    SECRET_COLLECTION_DEFAULT, label,
-					    buf, NULL, &error,
-					    "protocol", password_protocol(url),
-					    "user", url->user,
-					    "host", url->host,
-					    "port", (gint)url->port,
-					    NULL);
+	stored = secret_password_storev_sync(&password_schema, attrs,
+					     SECRET_COLLECTION_DEFAULT, label,
+					     buf, NULL, &error);
 	if (error != NULL) {
-		if (password_keyring_absent(error)) {
-			*error_r = "cannot store the password: "
-				   PASSWORD_NO_SERVICE;
-		} else {
-			password_gerror_line(error, line, sizeof(line));
-			*error_r = password_errorf("cannot store the password: "
-						   "%s", line);
-		}
-		g_error_free(error);
+		*error_r = password_keyring_error("store", error);
 		goto cleanup;
 	}
 	if (!stored) {
@@ -776,33 +785,22 @@ int password_keyring_set(const struct url *url, const char **error_r)
 	ret = 0;
 cleanup:
 	OPENSSL_cleanse(buf, sizeof(buf));
+	g_hash_table_unref(attrs);
 	secret_service_disconnect();
 	return ret;
 }
 
 int password_keyring_clear(const struct url *url, const char **error_r)
 {
-	char account[512], line[512];
+	GHashTable *attrs = password_attributes(url);
+	char account[512];
 	GError *error = NULL;
 	gboolean removed;
 	int ret = -1;
 
-	removed = secret_password_clear_sync(&password_schema, NULL, &error,
-					     "protocol", password_protocol(url),
-					     "user", url->user,
-					     "host", url->host,
-					     "port", (gint)url->port,
-					     NULL);
+	removed = secret_password_clearv_sync(&password_schema, attrs, NULL, &error);
 	if (error != NULL) {
-		if (password_keyring_absent(error)) {
-			*error_r = "cannot clear the password: "
-				   PASSWORD_NO_SERVICE;
-		} else {
-			password_gerror_line(error, line, sizeof(line));
-			*error_r = password_errorf("cannot clear the password: "
-						   "%s", line);
-		}
-		g_error_free(error);
+		*error_r = password_keyring_error("clear", error);
 		goto cleanup;
 	}
 	if (!removed) {
@@ -814,6 +812,7 @@ int password_keyring_clear(const struct url *url, const char **error_r)
 	}
 	ret = 0;
 cleanup:
+	g_hash_table_unref(attrs);
 	secret_service_disconnect();
 	return ret;
 }

@@ -57,17 +57,14 @@ struct job *imap_store_enqueue(struct istore *s, enum job_kind kind, int64_t fol
 	j->uid = uid;
 	j->urgent = urgent;
 	if (urgent) {
-		struct job **pp = &s->queue_head, *prev = NULL;
+		struct job **pp = &s->queue_head;
 
-		while (*pp && (*pp)->urgent) {
-			prev = *pp;
+		while (*pp && (*pp)->urgent)
 			pp = &(*pp)->next;
-		}
 		j->next = *pp;
 		*pp = j;
 		if (!j->next)
 			s->queue_tail = j;
-		(void)prev;
 	} else {
 		if (s->queue_tail)
 			s->queue_tail->next = j;
