@@ -2,6 +2,7 @@
  * \Seen) in windows of uncached successors, so that a sequential reader
  * costs one round trip per window, not per file. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,20 +100,29 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 		batch[n++] = uid;
 	/* Read-ahead: the next uncached messages that nobody fetches yet. */
 	if (cache_msg_uncached(s->cache, folder_id, uid, READAHEAD_COUNT * 2, &more, &nmore) == 0) {
+		uint64_t sizes[READAHEAD_COUNT * 2];
+
+		/* Sizes first: no index query while holding the engine's lock,
+		 * which every FUSE thread asking folder_is_ready() takes. */
+		for (size_t i = 0; i < nmore; i++) {
+			struct cache_msg m;
+
+			sizes[i] = UINT64_MAX;
+			if (cache_msg_get(s->cache, folder_id, more[i], &m) == 0) {
+				sizes[i] = m.size;
+				cache_msg_clear(&m);
+			}
+		}
 		pthread_mutex_lock(&s->eng.lock);
 		for (size_t i = 0; i < nmore && n <= READAHEAD_COUNT; i++) {
 			struct inflight *in;
-			struct cache_msg m;
 			bool busy = false;
 
 			for (in = s->inflight; in && !busy; in = in->next)
 				busy = in->folder_id == folder_id && in->uid == more[i];
-			if (busy)
+			if (busy || sizes[i] == UINT64_MAX)
 				continue;
-			if (cache_msg_get(s->cache, folder_id, more[i], &m) < 0)
-				continue;
-			bytes += m.size;
-			cache_msg_clear(&m);
+			bytes += sizes[i];
 			if (bytes > READAHEAD_BYTES && n > 0 && (n > 1 || prefetch))
 				break;
 			in = calloc(1, sizeof(*in));

@@ -150,7 +150,7 @@ struct meta_ctx {
 	size_t added;
 	size_t received;   /* new messages the server sent */
 	bool collect_seen; /* FETCH FLAGS answers also list existing UIDs */
-	struct meta_pending pending[META_BATCH];
+	struct meta_pending *pending; /* META_BATCH of them, made when needed */
 	size_t npending;
 };
 

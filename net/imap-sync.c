@@ -481,7 +481,9 @@ static void meta_new(struct meta_ctx *mc, uint32_t uid, const struct imap_arg *l
 	} else {
 		base = names_message_base(date, from_name, from_addr, subject);
 	}
-	if (m.flags && base) {
+	if (!mc->pending)
+		mc->pending = calloc(META_BATCH, sizeof(*mc->pending));
+	if (m.flags && base && mc->pending) {
 		mc->pending[mc->npending].m = m;
 		mc->pending[mc->npending].base = base;
 		if (++mc->npending == META_BATCH)
@@ -756,6 +758,7 @@ out:
 	cache_folder_clear(&f);
 	free(uids);
 	meta_flush(mc);
+	free(mc->pending);
 	free(mc->seen);
 	free(mc);
 	return r;
