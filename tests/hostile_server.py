@@ -350,6 +350,22 @@ class ExistsFlood(Scenario):
 
 
 @scenario
+class WrongSize(Scenario):
+    """RFC822.SIZE lies: odd UIDs are announced `delta` bytes shorter than the
+    body sent later, even UIDs `delta` bytes longer."""
+    name = "wrong_size"
+    delta = 100
+
+    def fetch_meta(self, c, tag, mb, msgs):
+        for seq, m in msgs:
+            size = len(m.body) + (-self.delta if m.uid % 2 else self.delta)
+            c.send(b"* %d FETCH (UID %d FLAGS (%s) INTERNALDATE \"%s\" RFC822.SIZE %d "
+                   b"ENVELOPE %s)\r\n" % (seq, m.uid, b" ".join(to_bytes(f) for f in m.flags),
+                                          internaldate(m.internal), max(size, 0), m.envelope()))
+        c.send(tag + b" OK UID FETCH completed\r\n")
+
+
+@scenario
 class ForeignUid(Scenario):
     """A body fetch also returns, first, bodies nobody asked for: other existing
     UIDs (foreign_uids), a UID that does not exist, one beyond 32 bits that

@@ -496,6 +496,38 @@ def test_exists_flood(rig, mem_bound, report):
 # --------------------------------------------------------------------------
 # 4. bodies for UIDs never asked for
 
+def test_wrong_rfc822_size_neither_cuts_nor_pads(rig):
+    """A server whose RFC822.SIZE differs from the bytes it sends: the first
+    read already gets exactly the body, and stat then shows its true size."""
+    mb = hsrv.inbox(4)
+    for m in mb.messages:
+        m.body = m.body + b"x" * 400 + b"\r\n"
+    srv = rig.server("wrong_size", mailboxes=[mb])
+    m = rig.mount(srv)
+    # stat first: the kernel then holds the announced (wrong) sizes
+    announced = [os.stat(P(m, "INBOX", "%d.eml" % u)).st_size for u in (1, 2, 3, 4)]
+    assert announced != [len(x.body) for x in mb.messages]
+    for uid in (1, 2, 3, 4):
+        path = P(m, "INBOX", "%d.eml" % uid)
+        r, _ = read_file(path)
+        assert r.returncode == 0, r
+        assert r.stdout == mb.messages[uid - 1].body, "UID %d: %d bytes read, %d sent" % (
+            uid, len(r.stdout), len(mb.messages[uid - 1].body))
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        sizes = [os.stat(P(m, "INBOX", "%d.eml" % u)).st_size for u in (1, 2, 3, 4)]
+        if sizes == [len(x.body) for x in mb.messages]:
+            break
+        time.sleep(0.1)
+    assert sizes == [len(x.body) for x in mb.messages]
+    # and a second read, now through the page cache, is still exact
+    for uid in (1, 2):
+        r, _ = read_file(P(m, "INBOX", "%d.eml" % uid))
+        assert r.stdout == mb.messages[uid - 1].body
+    assert_alive(m)
+    rig.finish(m)
+
+
 def test_unrequested_uids_are_ignored(rig):
     mb = hsrv.inbox(5)
     srv = rig.server("foreign_uid", mailboxes=[mb], foreign_uids=(2, 3))
