@@ -225,12 +225,23 @@ void fs_files_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	switch (h->kind) {
 	case FH_TEXT: {
 		struct text_fh *t = (struct text_fh *)h;
+		size_t n = (size_t)off >= t->len ? 0 : t->len - (size_t)off;
+		char *copy;
 
-		if ((size_t)off >= t->len)
-			fuse_reply_buf(req, NULL, 0);
-		else
-			fuse_reply_buf(req, t->data + off,
-				       t->len - (size_t)off < size ? t->len - (size_t)off : size);
+		if (n > size)
+			n = size;
+		/* Reply from a copy: the kernel may complete this READ and
+		 * deliver the RELEASE that frees t to another thread before
+		 * fuse_reply_buf() has returned (ASan's writev check reads
+		 * the buffer after the write). */
+		copy = malloc(n ? n : 1);
+		if (!copy) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(copy, t->data + (n ? off : 0), n);
+		fuse_reply_buf(req, copy, n);
+		free(copy);
 		return;
 	}
 	case FH_SYNC:

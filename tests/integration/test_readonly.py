@@ -640,6 +640,41 @@ def test_status_size_matches_content(ro):
     assert size == len(data) and size > 0
 
 
+def test_status_many_concurrent_readers(ro):
+    """Status opens, short reads and closes racing on many threads (scripts poll it,
+    file managers preview it): every read gets the whole text, and the daemon's output
+    stays clean (the mount fixture fails the test on any sanitizer report)."""
+    p = os.path.join(ro.mnt, TOP_SPECIAL, "status")
+    errors = []
+
+    def reader():
+        try:
+            for _ in range(300):
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    chunks = []
+                    while True:
+                        b = os.read(fd, 7)  # many READs per open
+                        if not b:
+                            break
+                        chunks.append(b)
+                finally:
+                    os.close(fd)
+                text = b"".join(chunks).decode()
+                if not text.startswith("state:") or not text.endswith("\n"):
+                    errors.append(text)
+        except OSError as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert not ro.mount.suspicious_lines()
+
+
 # --------------------------------------------------------------------------
 # nothing that isn't there
 
