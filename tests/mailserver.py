@@ -618,6 +618,18 @@ service anvil {{
         finally:
             sess.close()
 
+    def settle_user(self, user):
+        """Make the special-use folders exist on disk now.  Dovecot's `auto = create`
+        creates each on its first SELECT, and two sessions doing that at once can make
+        it panic (fcntl EDEADLK on dovecot.list.index.log) and drop the connection."""
+        sess = self._raw_session(user)
+        try:
+            for f in ("Trash", "Sent", "Drafts", "Junk"):
+                sess.create(f)
+                sess.cmd(b"EXAMINE " + imap_quote(f).encode())
+        finally:
+            sess.close()
+
     def create_folders(self, user, folders):
         sess = self._raw_session(user)
         try:

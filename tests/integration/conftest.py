@@ -200,7 +200,9 @@ def _new_user(srv, prefix):
     _user_seq[0] += 1
     safe = re.sub(r"[^a-z0-9]", "", prefix.lower())[:20] or "u"
     name = "%s%d" % (safe, _user_seq[0])
-    return User(srv, name, srv.add_user(name))
+    u = User(srv, name, srv.add_user(name))
+    srv.settle_user(name)
+    return u
 
 
 @pytest.fixture
@@ -365,6 +367,17 @@ class Mount:
                 in_frames, frames = True, 0
         return bad
 
+    def _server_side(self):
+        """The server's own errors for this user, to tell a server fault from ours."""
+        srv = getattr(self.user, "server", None)
+        name = getattr(self.user, "name", None)
+        if srv is None or not hasattr(srv, "log"):
+            return []
+        lines = [l for l in srv.log().splitlines()
+                 if (name is None or name in l) and re.search(r"Error|Fatal|Panic|Disconnected(?!: Logged out)", l)]
+        return ["server log for this user (last %d of %d lines):\n    " % (
+            min(len(lines), 15), len(lines)) + "\n    ".join(lines[-15:])] if lines else []
+
     def unmount(self, check=True):
         """Unmount (fusermount3 -u, falling back to -uz), wait for the daemon to exit.
         Returns a list of problems (also kept in .problems)."""
@@ -410,6 +423,7 @@ class Mount:
             bad = self.suspicious_lines()
             if bad:
                 probs.append("suspicious daemon output:\n    " + "\n    ".join(bad[:30]))
+                probs.extend(self._server_side())
         return probs
 
 

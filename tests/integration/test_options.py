@@ -15,14 +15,6 @@ def _msg(i, size):
             ).encode() + body.encode()[:size]
 
 
-def _settle(u):
-    """One session first, so that Dovecot creates the special-use folders
-    once (several new sessions doing it at once can fail)."""
-    c = u.client()
-    c.list()
-    c.logout()
-
-
 def _files(d):
     return sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".eml"))
 
@@ -31,7 +23,6 @@ def test_insecure_accepts_an_untrusted_certificate_and_warns(make_user, mount, m
     u = make_user("insec")
     raw = _msg(1, 500)
     u.append_many("INBOX", [raw])
-    _settle(u)
     # Without cafile the certificate is not trusted: refused...
     r = mounter.try_mount(u, cafile=False)
     assert r.rc != 0 and len(r.lines) == 1 and "cafile" in r.lines[0], r
@@ -48,7 +39,6 @@ def test_cache_size_bounds_the_bodies_kept(make_user, mount):
     u = make_user("csize")
     msgs = [_msg(i, 100 * 1024) for i in range(30)]   # about 3 MB in all
     u.append_many("INBOX", msgs)
-    _settle(u)
     m = mount(u, options=["cache_size=1M"])
     inbox = os.path.join(m.path, "INBOX")
     want = sorted(hashlib.sha256(x).hexdigest() for x in msgs)
