@@ -38,8 +38,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#define CONN_DEFAULT_CONNECT_TIMEOUT_MS 15000
-#define CONN_DEFAULT_IO_TIMEOUT_MS 60000
+#define CONN_DEFAULT_CONNECT_TIMEOUT_MS 10000
+#define CONN_DEFAULT_IO_TIMEOUT_MS 30000
 
 struct conn {
 	int fd;

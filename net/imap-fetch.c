@@ -173,6 +173,11 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 				r = -ENOENT;
 				break;
 			}
+			/* A closed connection is worth one more try (the
+			 * server dropped an idle session); a silent one is a
+			 * dead link, and a reader is waiting. */
+			if (r == -ETIMEDOUT)
+				break;
 			if (r < 0)
 				continue;
 		}

@@ -718,7 +718,7 @@ def test_close_mid_literal_eio_then_recovers(rig, report):
 def test_stall_mid_literal_is_bounded(rig, report):
     """A server that stops sending in the middle of a literal (connection kept open):
     the read must end with EIO after a bounded wait -- here within 150 s, which allows
-    mailfs's 60 s I/O timeout twice (it retries a fetch once)."""
+    mailfs's 30 s I/O timeout (a silent connection is not retried)."""
     mb = hsrv.inbox(2, body=None)
     srv = rig.server("close_mid_literal", mailboxes=[mb], stall=True)
     m = rig.mount(srv, allow=[r"^mailfs: warning: fetching messages: "])
