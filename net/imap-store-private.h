@@ -81,6 +81,7 @@ struct worker {
 	struct imap_client *client;
 	int64_t selected; /* folder EXAMINEd on this connection, 0: none */
 	bool selected_rw; /* ... and SELECTed read-write */
+	bool qresync;     /* QRESYNC enabled on this connection (RFC 7162) */
 	uint64_t view_gen; /* s->view_gen when its view was last refreshed */
 };
 
@@ -129,6 +130,13 @@ struct examine_ctx {
 	uint32_t uidvalidity, uidnext, exists;
 	uint64_t highestmodseq;
 	bool nomodseq;
+	struct meta_ctx *mc; /* SELECT ... (QRESYNC ...): flag changes and
+			      * VANISHED (EARLIER) go there */
+	bool qresync_used;   /* that SELECT was sent */
+};
+
+struct uid_range {
+	uint32_t lo, hi;
 };
 
 /* A new message's metadata, waiting to be written with others in one
@@ -147,6 +155,9 @@ struct meta_ctx {
 	bool only_flags;
 	uint32_t *seen;    /* UIDs present (UID SEARCH) */
 	size_t nseen, capseen;
+	uint32_t max_seen; /* a UID set answer never lists more than this */
+	struct uid_range *gone; /* VANISHED: expunged UIDs, as ranges */
+	size_t ngone, capgone;
 	size_t added;
 	size_t received;   /* new messages the server sent */
 	bool collect_seen; /* FETCH FLAGS answers also list existing UIDs */
@@ -175,8 +186,13 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 int imap_sync_folder(struct worker *w, int64_t folder_id);
 int imap_sync_select(struct worker *w, const struct cache_folder *f,
 			 struct examine_ctx *e_r);
+/* The same, resynchronising with QRESYNC when the connection has it and
+ * the cache knows the folder's UIDVALIDITY and HIGHESTMODSEQ. */
+int imap_sync_select_qresync(struct worker *w, const struct cache_folder *f,
+				 uint32_t maxuid, struct meta_ctx *mc, struct examine_ctx *e_r);
 void imap_sync_on_examine(void *ctx, const struct imap_response *r);
 void imap_sync_on_meta(void *ctx, const struct imap_response *r);
+void imap_sync_gone_add_set(struct meta_ctx *mc, const char *set);
 
 /* imap-fetch.c */
 int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool prefetch);

@@ -131,6 +131,33 @@ void imap_store_emit_message(struct istore *s, int64_t folder_id, uint32_t uid)
 
 /* ---- connections ---- */
 
+/* Did the server's ENABLED response name QRESYNC? */
+static void on_enabled(void *ctx, const struct imap_response *r)
+{
+	if (r->kind == IMAP_RESP_UNTAGGED && r->args_count >= 1 &&
+	    imap_arg_atom_is(&r->args[0], "ENABLED"))
+		for (size_t i = 1; i < r->args_count; i++)
+			if (imap_arg_atom_is(&r->args[i], "QRESYNC"))
+				*(bool *)ctx = true;
+}
+
+/* QRESYNC where offered (it needs ENABLE, and brings CONDSTORE), else
+ * CONDSTORE: both make a resync cost what changed, not the folder size. */
+static void enable_extensions(struct worker *w)
+{
+	unsigned caps = imap_client_caps(w->client);
+	bool on = false;
+
+	w->qresync = false;
+	if ((caps & IMAP_CAP_QRESYNC) && (caps & IMAP_CAP_ENABLE)) {
+		if (imap_client_run(w->client, on_enabled, &on, "ENABLE QRESYNC CONDSTORE") ==
+		    IMAP_RESULT_OK)
+			w->qresync = on;
+	} else if (caps & IMAP_CAP_CONDSTORE) {
+		imap_client_enable(w->client, "CONDSTORE");
+	}
+}
+
 int imap_store_connect(struct worker *w, const char **error_r)
 {
 	struct istore *s = w->s;
@@ -149,8 +176,7 @@ int imap_store_connect(struct worker *w, const char **error_r)
 	w->selected_rw = false;
 	if (imap_client_open(&w->client, &o, NULL, error_r) < 0)
 		return -1;
-	if (imap_client_caps(w->client) & IMAP_CAP_CONDSTORE)
-		imap_client_enable(w->client, "CONDSTORE");
+	enable_extensions(w);
 	return 0;
 }
 
@@ -560,8 +586,7 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 	};
 	if (imap_client_open(&s->workers[0].client, &co, auth_failed_r, error_r) < 0)
 		goto fail;
-	if (imap_client_caps(s->workers[0].client) & IMAP_CAP_CONDSTORE)
-		imap_client_enable(s->workers[0].client, "CONDSTORE");
+	enable_extensions(&s->workers[0]);
 	if (imap_sync_list(s, s->workers[0].client, error_r) < 0)
 		goto fail;
 	s->eng.online = true;

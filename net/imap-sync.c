@@ -295,6 +295,22 @@ void imap_sync_on_examine(void *ctx, const struct imap_response *r)
 	struct examine_ctx *e = ctx;
 	uint64_t n;
 
+	if (e->mc && r->kind == IMAP_RESP_UNTAGGED && r->args_count >= 2) {
+		/* QRESYNC: "* VANISHED (EARLIER) 3:5,9" and the flags of
+		 * messages changed since our HIGHESTMODSEQ. */
+		if (imap_arg_atom_is(&r->args[0], "VANISHED")) {
+			const struct imap_arg *set = &r->args[r->args_count - 1];
+
+			if (set->type == IMAP_ARG_ATOM)
+				imap_sync_gone_add_set(e->mc, set->v.str);
+			return;
+		}
+		if (r->args_count == 3 && imap_arg_atom_is(&r->args[1], "FETCH")) {
+			imap_sync_on_meta(e->mc, r);
+			return;
+		}
+	}
+
 	if (r->status == IMAP_STATUS_OK && r->code_count >= 1) {
 		if (r->code_count >= 2 && imap_arg_number(&r->code[1], &n)) {
 			if (imap_arg_atom_is(&r->code[0], "UIDVALIDITY"))
@@ -336,6 +352,32 @@ int imap_sync_select(struct worker *w, const struct cache_folder *f,
 	}
 	if (e_r)
 		*e_r = e;
+	return r;
+}
+
+int imap_sync_select_qresync(struct worker *w, const struct cache_folder *f,
+			     uint32_t maxuid, struct meta_ctx *mc, struct examine_ctx *e_r)
+{
+	struct examine_ctx e = { .mc = mc };
+	char *q;
+	int r;
+
+	if (!w->qresync || !f->uidvalidity || !f->highestmodseq || maxuid == 0)
+		return imap_sync_select(w, f, e_r);
+	q = imap_quote(f->server_name);
+	if (!q)
+		return -EINVAL;
+	w->selected = 0;
+	e.qresync_used = true;
+	r = imap_client_run(w->client, imap_sync_on_examine, &e,
+			    "%s %s (QRESYNC (%u %llu 1:%u))", w->s->ro ? "EXAMINE" : "SELECT", q,
+			    f->uidvalidity, (unsigned long long)f->highestmodseq, maxuid);
+	free(q);
+	if (r == IMAP_RESULT_OK) {
+		w->selected = f->id;
+		w->selected_rw = !w->s->ro;
+	}
+	*e_r = e;
 	return r;
 }
 
@@ -535,8 +577,10 @@ static void seen_add(struct meta_ctx *mc, uint64_t uid)
 	mc->seen[mc->nseen++] = (uint32_t)uid;
 }
 
-/* "1:3,7,9:10" from ESEARCH ALL */
-static void seen_add_set(struct meta_ctx *mc, const char *set)
+/* Calls fn for each range of a UID set ("1:3,7,9:10"), low end first;
+ * stops at the first malformed element. */
+static void uid_set_ranges(const char *set, void (*fn)(struct meta_ctx *, uint32_t, uint32_t),
+			   struct meta_ctx *mc)
 {
 	const char *p = set;
 
@@ -549,6 +593,8 @@ static void seen_add_set(struct meta_ctx *mc, const char *set)
 		p = end;
 		if (*p == ':') {
 			b = strtoul(p + 1, &end, 10);
+			if (end == p + 1)
+				return;
 			p = end;
 		}
 		if (a > b) {
@@ -556,13 +602,61 @@ static void seen_add_set(struct meta_ctx *mc, const char *set)
 			a = b;
 			b = t;
 		}
-		for (unsigned long u = a; u <= b && u <= UINT32_MAX && b - a < 100000000ul; u++)
-			seen_add(mc, u);
+		if (a == 0 || b > UINT32_MAX)
+			return;
+		fn(mc, (uint32_t)a, (uint32_t)b);
 		if (*p == ',')
 			p++;
 		else if (*p)
 			return;
 	}
+}
+
+static void gone_add(struct meta_ctx *mc, uint32_t lo, uint32_t hi)
+{
+	if (mc->ngone == mc->capgone) {
+		size_t cap = mc->capgone ? mc->capgone * 2 : 64;
+		struct uid_range *g = realloc(mc->gone, cap * sizeof(*g));
+
+		if (!g)
+			return;
+		mc->gone = g;
+		mc->capgone = cap;
+	}
+	mc->gone[mc->ngone].lo = lo;
+	mc->gone[mc->ngone].hi = hi;
+	mc->ngone++;
+}
+
+/* VANISHED: kept as ranges, never expanded (a server may say 1:4294967295). */
+void imap_sync_gone_add_set(struct meta_ctx *mc, const char *set)
+{
+	uid_set_ranges(set, gone_add, mc);
+}
+
+static bool gone_has(const struct meta_ctx *mc, uint32_t uid)
+{
+	for (size_t i = 0; i < mc->ngone; i++)
+		if (uid >= mc->gone[i].lo && uid <= mc->gone[i].hi)
+			return true;
+	return false;
+}
+
+static void seen_add_range(struct meta_ctx *mc, uint32_t lo, uint32_t hi)
+{
+	/* Only UIDs we asked about: a bogus huge range costs nothing. */
+	if (mc->max_seen && hi > mc->max_seen)
+		hi = mc->max_seen;
+	else if (!mc->max_seen && hi - lo >= 1000000)
+		return;
+	for (uint64_t u = lo; u <= hi; u++)
+		seen_add(mc, u);
+}
+
+/* "1:3,7,9:10" from ESEARCH ALL */
+static void seen_add_set(struct meta_ctx *mc, const char *set)
+{
+	uid_set_ranges(set, seen_add_range, mc);
 }
 
 void imap_sync_on_meta(void *ctx, const struct imap_response *r)
@@ -649,7 +743,11 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		r = 0;
 		goto out;
 	}
-	r = imap_sync_select(w, &f, &e);
+	if (cache_msg_uids(s->cache, folder_id, &uids, &nuids) < 0) {
+		r = -EIO;
+		goto out;
+	}
+	r = imap_sync_select_qresync(w, &f, nuids ? uids[nuids - 1] : 0, mc, &e);
 	if (r != IMAP_RESULT_OK) {
 		/* NO: the folder vanished or cannot be opened; not fatal. */
 		if (r > 0)
@@ -657,16 +755,18 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		r = r > 0 ? 0 : r;
 		goto out;
 	}
+	/* What QRESYNC reported holds only for the same UIDVALIDITY. */
+	bool qresynced = e.qresync_used && e.uidvalidity == f.uidvalidity && !e.nomodseq;
 	if (f.uidvalidity && e.uidvalidity != f.uidvalidity) {
 		log_info("folder %s: UIDVALIDITY changed, dropping its cache", f.server_name);
 		drop_folder_messages(s, folder_id);
 		f.uidvalidity = 0;
 		f.uidnext = 0;
 		f.highestmodseq = 0;
-	}
-	if (cache_msg_uids(s->cache, folder_id, &uids, &nuids) < 0) {
-		r = -EIO;
-		goto out;
+		free(uids);
+		uids = NULL;
+		nuids = 0;
+		mc->ngone = 0;
 	}
 	uint32_t maxuid = nuids ? uids[nuids - 1] : 0;
 	bool condstore = e.highestmodseq && !e.nomodseq;
@@ -686,7 +786,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		if (nuids > 0 && !condstore) {
 			mc->collect_seen = true;
 			tag_flags = imap_client_send(w->client, "UID FETCH 1:%u (UID FLAGS)", maxuid);
-		} else if (nuids > 0 && e.highestmodseq != f.highestmodseq) {
+		} else if (nuids > 0 && !qresynced && e.highestmodseq != f.highestmodseq) {
 			tag_flags = imap_client_send(w->client,
 						     "UID FETCH 1:%u (UID FLAGS) (CHANGEDSINCE %llu)",
 						     maxuid, (unsigned long long)f.highestmodseq);
@@ -714,10 +814,22 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 	/* Expunges: EXISTS counts the old messages still there plus the new
 	 * ones; when that is all the old ones, nothing went.  Otherwise find
 	 * out which (the flags FETCH listed them, or ask). */
-	bool expunged = e.exists == 0 ||
-			(e.exists >= mc->received ? e.exists - mc->received : 0) != nuids;
-	if (expunged && nuids > 0 && e.exists > 0 && !mc->collect_seen) {
+	size_t old_left = e.exists >= mc->received ? e.exists - mc->received : 0;
+	bool expunged = e.exists == 0 || old_left != nuids;
+	bool by_vanished = false;
+
+	if (expunged && qresynced && e.exists > 0) {
+		/* VANISHED (EARLIER) named them: trust it when the count
+		 * agrees, else ask which UIDs are left. */
+		size_t gone = 0;
+
+		for (size_t i = 0; i < nuids; i++)
+			gone += gone_has(mc, uids[i]);
+		by_vanished = nuids - gone == old_left;
+	}
+	if (expunged && !by_vanished && nuids > 0 && e.exists > 0 && !mc->collect_seen) {
 		mc->collect_seen = true;
+		mc->max_seen = maxuid;
 		r = imap_client_run(w->client, imap_sync_on_meta, mc, "UID SEARCH %sUID 1:%u",
 				    (imap_client_caps(w->client) & IMAP_CAP_ESEARCH) ?
 				    "RETURN (ALL) " : "", maxuid);
@@ -732,7 +844,9 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		if (mc->nseen)
 			qsort(mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32);
 		for (size_t i = 0; i < nuids; i++) {
-			if (mc->nseen && bsearch(&uids[i], mc->seen, mc->nseen, sizeof(*mc->seen), cmp_u32))
+			if (by_vanished ? !gone_has(mc, uids[i]) :
+			    mc->nseen && bsearch(&uids[i], mc->seen, mc->nseen, sizeof(*mc->seen),
+						 cmp_u32))
 				continue;
 			struct cache_msg m;
 
@@ -760,6 +874,7 @@ out:
 	meta_flush(mc);
 	free(mc->pending);
 	free(mc->seen);
+	free(mc->gone);
 	free(mc);
 	return r;
 }

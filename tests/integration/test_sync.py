@@ -1156,3 +1156,69 @@ def test_remount_uses_cache(make_user, mount, report):
     assert sorted(second.values()) == sorted(want.values())
     assert not fetches, "the second mount sent:\n" + "\n".join(fetches[:10])
     assert st2.get("fetch_commands") == "0", st2
+
+
+@pytest.mark.parametrize("kind", ["qresync", "condstore"])
+def test_remount_after_server_changes_is_incremental(make_user, mount, server, nomove_server,
+                                                      kind, report):
+    """Changes made by another client while unmounted (expunges, flags, new mail) are
+    picked up on remount from what changed, never a refetch of known metadata:
+    QRESYNC (RFC 7162: SELECT ... (QRESYNC ...) answers VANISHED (EARLIER) and the
+    changed flags) where offered; else CONDSTORE's CHANGEDSINCE plus a UID list."""
+    srv = server if kind == "qresync" else nomove_server
+    n = 40
+    u = make_user("resync", srv=srv)
+    srv.create_folders(u.name, ["Trash", "Sent", "Drafts", "Junk"])
+    u.append_many("Box", [make_msg("rs", i) for i in range(n)])
+    m = mount(u, debug=True)
+    names1 = names_by_mid(fpath(m, "Box"))
+    assert len(names1) == n
+    cache = m.cache_dir
+    problems = m.unmount()
+    assert not problems, problems
+
+    acct = u.account()
+    uids = sorted(acct.list_uids("Box"))
+    gone_uids = uids[3:8] + [uids[-1]]
+    for uid in gone_uids:
+        acct.store_flags("Box", uid, ["\\Deleted"], mode="+FLAGS")
+    acct.c.expunge()
+    flagged = uids[10:12]
+    for uid in flagged:
+        acct.store_flags("Box", uid, ["\\Flagged", "$Label1"], mode="+FLAGS")
+    new = make_msg("rs-new", 1000)
+    acct.append("Box", new)
+    want = server_mids(acct, "Box")
+
+    m2 = mount(u, cache_dir=cache, debug=True)
+    names2 = names_by_mid(fpath(m2, "Box"))
+    assert sorted(names2) == sorted(want.values())
+    for mid, nm in names2.items():
+        if mid in names1:
+            assert nm == names1[mid], "a known message was renamed"
+    by_uid = {uid: mid for uid, mid in want.items()}
+    for uid in flagged:
+        fl = os.getxattr(os.path.join(fpath(m2, "Box"), names2[by_uid[uid]]),
+                         "user.mail.flags").decode().split()
+        assert "\\Flagged" in fl and "$Label1" in fl, fl
+    log = m2.log()
+    selects = trace_commands(log, "SELECT")
+    full_flag_fetch = [ln for ln in trace_commands(log, "UID FETCH")
+                       if "FLAGS)" in ln and "CHANGEDSINCE" not in ln]
+    envelopes = [ln for ln in trace_commands(log, "UID FETCH") if "ENVELOPE" in ln]
+    report("remount after 6 expunges, 2 flag changes, 1 new (%s): %d SELECT, %d envelope "
+           "fetches, %d UID SEARCH" % (kind, len(selects), len(envelopes),
+                                     len(trace_commands(log, "UID SEARCH"))))
+    assert not full_flag_fetch, full_flag_fetch
+    if kind == "qresync":
+        assert any("(QRESYNC (" in ln for ln in selects if "Box" in ln), selects
+        assert "VANISHED (EARLIER)" in log
+        assert not trace_commands(log, "UID SEARCH"), "QRESYNC should name the expunged"
+        assert not [ln for ln in trace_commands(log, "UID FETCH") if "CHANGEDSINCE" in ln]
+    else:
+        assert not any("QRESYNC" in ln for ln in selects), selects
+        assert [ln for ln in trace_commands(log, "UID FETCH") if "CHANGEDSINCE" in ln]
+    # Only the new message's metadata was fetched for Box.
+    box_env = [ln for ln in envelopes if re.search(r"UID FETCH %d:\*" % (uids[-2] + 1), ln)
+               or re.search(r"UID FETCH %d:\*" % (uids[-1] + 1), ln)]
+    assert box_env, envelopes
