@@ -866,6 +866,27 @@ def test_fail_server_without_starttls(plain_server, make_user, try_mount):
     assert "user=<%s>" % u.name not in log, "a login was attempted without TLS:\n" + log
 
 
+def test_fail_certificate_name_mismatch(user, server, try_mount):
+    """A certificate the CA vouches for, but for another name (the server's cert is
+    for 127.0.0.1 and localhost; we reach it as 127.0.0.2): refused even with cafile."""
+    from faultproxy import FaultProxy
+    proxy = FaultProxy(("127.0.0.1", server.ports["imaps"]), host="127.0.0.2").start()
+    try:
+        a = try_mount(user, source="imaps://%s@127.0.0.2:%d" % (user.name, proxy.port))
+    finally:
+        proxy.stop()
+    _one_line_failure(a, r"certificat|host ?name|mismatch|127\.0\.0\.2")
+
+
+def test_fail_unwritable_cache_dir(user, try_mount, tmp_path):
+    """A cache directory that cannot be created (its parent is a file): the command
+    fails before mounting, naming the directory."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    a = try_mount(user, cache_dir=str(blocker / "cache"))
+    _one_line_failure(a, r"cache|not-a-dir")
+
+
 def test_fail_bad_source(user, try_mount):
     a = try_mount(user, source="http://%s@127.0.0.1:1" % user.name)
     _one_line_failure(a, r"source|url|scheme|imap|http")
