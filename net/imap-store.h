@@ -1,8 +1,10 @@
 /* imap-store.h: the IMAP backend behind store.h.
  *
  * Keeps the cache in step with the server: the folder list (LIST), each
- * folder's messages (EXAMINE, then UID FETCH of the metadata of new UIDs
- * only, UID SEARCH for expunges and CONDSTORE CHANGEDSINCE for flags), and
+ * folder's messages (SELECT with QRESYNC where offered, which names the
+ * expunged and the changed; then UID FETCH of the metadata of new UIDs only;
+ * without QRESYNC, UID SEARCH for expunges and CONDSTORE CHANGEDSINCE for
+ * flags), and
  * message bodies fetched on demand with BODY.PEEK[] (never setting \Seen),
  * with read-ahead of the next uncached messages of the folder so a `grep
  * -r` costs one round trip per batch, not per file.  A few worker threads
