@@ -47,11 +47,26 @@ HOST = "127.0.0.1"
 
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return free_ports(1)[0]
+
+
+def free_ports(n):
+    """N distinct TCP ports on 127.0.0.1 that were free a moment ago (all held open
+    while choosing: one at a time, the kernel may hand out the same port twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_map(names=("imap", "imaps", "pop3", "pop3s")):
+    return dict(zip(names, free_ports(len(names))))
 
 
 def in_private_netns():
@@ -214,13 +229,14 @@ class MailServer:
         if unknown:
             raise ValueError("unknown port names: %s" % ", ".join(sorted(unknown)))
         private = in_private_netns()
+        spare = free_port_map(names)
         for n in names:
             if given.get(n):
                 ports[n] = int(given[n])
             elif private:
                 ports[n] = DEFAULT_NETNS_PORTS[n]
             else:
-                ports[n] = free_port()
+                ports[n] = spare[n]
         return ports
 
     def _load_users(self):
@@ -982,9 +998,10 @@ def _cli(argv):
         k, _, v = kv.partition("=")
         ports[k.strip()] = int(v)
     if a.free_ports:
+        spare = free_port_map()
         for n in DEFAULT_NETNS_PORTS:
             if n not in ports:
-                ports[n] = free_port()
+                ports[n] = spare[n]
     srv = MailServer(d, ports=ports)
     srv.setup()
     password = srv.users.get(a.user) if a.password is None else a.password

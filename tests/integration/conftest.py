@@ -147,8 +147,7 @@ def server(_environment_ok):
 def plain_server(_environment_ok):
     """A Dovecot without TLS at all: its imap/pop3 ports offer no STARTTLS/STLS."""
     d = _server_dir("mailfs-it-plain-")
-    srv = mailserver.MailServer(d, ssl=False, ports={n: mailserver.free_port()
-                                                       for n in ("imap", "imaps", "pop3", "pop3s")})
+    srv = mailserver.MailServer(d, ssl=False, ports=mailserver.free_port_map())
     srv.start()
     yield srv
     srv.stop()

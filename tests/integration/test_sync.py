@@ -272,7 +272,7 @@ def nomove_server():
                          dir=os.environ.get("MAILFS_TEST_TMPDIR") or "/tmp")
     os.chmod(d, 0o755)
     srv = mailserver.MailServer(
-        d, ports={n: mailserver.free_port() for n in ("imap", "imaps", "pop3", "pop3s")},
+        d, ports=mailserver.free_port_map(),
         imap_capability="IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT "
                         "CHILDREN CONDSTORE SPECIAL-USE LIST-EXTENDED")
     srv.start()
