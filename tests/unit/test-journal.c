@@ -1,0 +1,169 @@
+/* test-journal.c: the offline change journal: order, every field and the
+ * message bytes survive a close and reopen (what a kill -9 leaves), local
+ * UIDs, renumbering of later entries, file mode. */
+#include "journal.h"
+
+#include "check.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[] = "/tmp/mailfs-test-journal-XXXXXX";
+
+static void add(struct journal *j, struct journal_entry *e)
+{
+	CHECK(journal_add(j, e) == 0);
+	CHECK(e->seq > 0);
+}
+
+static void test_order_and_fields(void)
+{
+	struct journal *j;
+	struct journal_entry e, got;
+	char body[3000];
+
+	for (size_t i = 0; i < sizeof(body); i++)
+		body[i] = (char)(i * 7); /* NUL bytes too */
+	CHECK(journal_open(&j, dir) == 0);
+	CHECK(journal_count(j) == 0);
+	CHECK(journal_first(j, &got) == -ENOENT);
+
+	e = (struct journal_entry){ .kind = JOURNAL_REMOVE, .folder_id = 3, .uid = 17,
+				    .uidvalidity = 99, .server_name = (char *)"INBOX" };
+	add(j, &e);
+	e = (struct journal_entry){ .kind = JOURNAL_APPEND, .folder_id = 4,
+				    .uid = JOURNAL_LOCAL_UID, .server_name = (char *)"Sent",
+				    .name = (char *)"note.eml", .mtime = 1700000000,
+				    .data = body, .len = sizeof(body) };
+	add(j, &e);
+	e = (struct journal_entry){ .kind = JOURNAL_RENAME, .folder_id = 5,
+				    .server_name = (char *)"A/B", .to_server_name = (char *)"C",
+				    .name = (char *)"C" };
+	add(j, &e);
+	CHECK(journal_count(j) == 3);
+	journal_close(&j);
+
+	/* Reopened: nothing lost, still in order. */
+	CHECK(journal_open(&j, dir) == 0);
+	CHECK(journal_count(j) == 3);
+	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.kind == JOURNAL_REMOVE && got.folder_id == 3 && got.uid == 17);
+	CHECK(got.uidvalidity == 99 && !got.attempted);
+	CHECK_STR(got.server_name, "INBOX");
+	CHECK(got.data == NULL && got.name == NULL);
+	CHECK(journal_done(j, got.seq) == 0);
+	journal_entry_clear(&got);
+
+	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.kind == JOURNAL_APPEND && got.uid == JOURNAL_LOCAL_UID);
+	CHECK(got.len == sizeof(body) && got.data && memcmp(got.data, body, sizeof(body)) == 0);
+	CHECK(got.mtime == 1700000000);
+	CHECK_STR(got.name, "note.eml");
+	CHECK(journal_set_attempted(j, got.seq) == 0);
+	int64_t seq = got.seq;
+	journal_entry_clear(&got);
+	journal_close(&j);
+	CHECK(journal_open(&j, dir) == 0);
+	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.seq == seq && got.attempted);
+	CHECK(journal_done(j, got.seq) == 0);
+	journal_entry_clear(&got);
+
+	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.kind == JOURNAL_RENAME);
+	CHECK_STR(got.server_name, "A/B");
+	CHECK_STR(got.to_server_name, "C");
+	CHECK(journal_done(j, got.seq) == 0);
+	journal_entry_clear(&got);
+	CHECK(journal_count(j) == 0);
+	journal_close(&j);
+}
+
+static void test_local_uids_and_renumber(void)
+{
+	struct journal *j;
+	struct journal_entry e, got;
+	uint32_t l1, l2;
+
+	CHECK(journal_open(&j, dir) == 0);
+	CHECK(journal_uid_is_local(JOURNAL_LOCAL_UID));
+	CHECK(!journal_uid_is_local(JOURNAL_LOCAL_UID - 1));
+	l1 = journal_next_local_uid(j, 7, 0);
+	CHECK(l1 == JOURNAL_LOCAL_UID);
+	/* The cache's highest local UID counts, and so do the journal's. */
+	CHECK(journal_next_local_uid(j, 7, JOURNAL_LOCAL_UID + 4) == JOURNAL_LOCAL_UID + 5);
+	e = (struct journal_entry){ .kind = JOURNAL_APPEND, .folder_id = 7, .uid = l1 };
+	add(j, &e);
+	l2 = journal_next_local_uid(j, 7, 0);
+	CHECK(l2 == l1 + 1);
+	CHECK(journal_next_local_uid(j, 8, 0) == JOURNAL_LOCAL_UID); /* per folder */
+	e = (struct journal_entry){ .kind = JOURNAL_MOVE, .folder_id = 2, .uid = 40,
+				    .to_folder_id = 7, .to_uid = l2 };
+	add(j, &e);
+	CHECK(journal_next_local_uid(j, 7, 0) == l2 + 1);
+	/* Later changes to both: flags on the appended one, a move of the moved one. */
+	e = (struct journal_entry){ .kind = JOURNAL_FLAGS, .folder_id = 7, .uid = l1,
+				    .flags = (char *)"\\Flagged" };
+	add(j, &e);
+	e = (struct journal_entry){ .kind = JOURNAL_MOVE, .folder_id = 7, .uid = l2,
+				    .to_folder_id = 9, .to_uid = JOURNAL_LOCAL_UID };
+	add(j, &e);
+
+	/* The append reached the server as UID 31: later entries follow. */
+	CHECK(journal_renumber(j, 7, l1, 7, 31) == 0);
+	/* The first move's destination became UID 32. */
+	CHECK(journal_renumber(j, 7, l2, 7, 32) == 0);
+	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.kind == JOURNAL_APPEND && got.uid == 31);
+	journal_done(j, got.seq);
+	journal_entry_clear(&got);
+	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.kind == JOURNAL_MOVE && got.uid == 40 && got.to_uid == 32);
+	journal_done(j, got.seq);
+	journal_entry_clear(&got);
+	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.kind == JOURNAL_FLAGS && got.folder_id == 7 && got.uid == 31);
+	CHECK_STR(got.flags, "\\Flagged");
+	journal_done(j, got.seq);
+	journal_entry_clear(&got);
+	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.kind == JOURNAL_MOVE && got.folder_id == 7 && got.uid == 32);
+	CHECK(got.to_folder_id == 9 && got.to_uid == JOURNAL_LOCAL_UID);
+	journal_done(j, got.seq);
+	journal_entry_clear(&got);
+	CHECK(journal_count(j) == 0);
+	journal_close(&j);
+}
+
+static void test_private_file(void)
+{
+	struct journal *j;
+	struct stat st;
+	char path[128];
+
+	snprintf(path, sizeof(path), "%s/journal.sqlite", dir);
+	chmod(path, 0644);
+	CHECK(journal_open(&j, dir) == 0);
+	CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+	journal_close(&j);
+	CHECK(journal_open(&j, "/nonexistent/dir") < 0 && j == NULL);
+}
+
+int main(void)
+{
+	char cmd[128];
+
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	test_order_and_fields();
+	test_local_uids_and_renumber();
+	test_private_file();
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", dir);
+	return check_exit();
+}
