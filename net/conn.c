@@ -517,6 +517,10 @@ static void conn_handshake_failed(struct conn *conn, int ret, int ssl_err,
 	}
 }
 
+/* Set when conn_open() fails to reach the server or is cut off by the
+ * network during the handshake (see conn_failed_on_network()). */
+static __thread bool conn_net_failure;
+
 static int conn_tls_handshake(struct conn *conn)
 {
 	int64_t deadline;
@@ -558,11 +562,16 @@ static int conn_tls_handshake(struct conn *conn)
 			ret = conn_wait(conn->fd, POLLOUT, deadline);
 		} else {
 			conn->error = -EPROTO;
+			/* Cut or closed under us: the network, not a
+			 * certificate or protocol verdict. */
+			conn_net_failure = ssl_err == SSL_ERROR_SYSCALL ||
+					   ssl_err == SSL_ERROR_ZERO_RETURN;
 			conn_handshake_failed(conn, 0, ssl_err, sys_err);
 			return -1;
 		}
 		if (ret < 0) {
 			conn->error = ret;
+			conn_net_failure = true;
 			conn_handshake_failed(conn, ret, 0, 0);
 			return -1;
 		}
@@ -608,12 +617,18 @@ static int conn_init_host(struct conn *conn, const char *host)
 	return 0;
 }
 
+bool conn_failed_on_network(void)
+{
+	return conn_net_failure;
+}
+
 int conn_open(struct conn **conn_r, const struct conn_opts *opts,
 	      const char **error_r)
 {
 	struct conn *conn = NULL;
 
 	*conn_r = NULL;
+	conn_net_failure = false;
 	if (opts->host == NULL || opts->host[0] == '\0') {
 		conn_set_error("no server host name given");
 		goto fail;
@@ -645,8 +660,10 @@ int conn_open(struct conn **conn_r, const struct conn_opts *opts,
 			goto nomem;
 	}
 
-	if (conn_connect(conn) < 0)
+	if (conn_connect(conn) < 0) {
+		conn_net_failure = true;
 		goto fail;
+	}
 	if (conn->implicit_tls && conn_tls_handshake(conn) < 0)
 		goto fail;
 	*conn_r = conn;

@@ -43,6 +43,10 @@ struct conn_opts {
  *    other.example (connect to that name instead)"
  * The TLS handshake is bounded by connect_timeout_ms.  The message stays
  * valid until the next conn_* call in this thread. */
+/* Did the last conn_open() on this thread fail to reach the server at all
+ * (name resolution, connect), as opposed to failing TLS or later? */
+bool conn_failed_on_network(void);
+
 int conn_open(struct conn **conn_r, const struct conn_opts *opts,
 	      const char **error_r);
 
