@@ -2356,15 +2356,22 @@ int cache_msg_move(struct cache *cache, int64_t folder_id, uint32_t uid,
 	}
 	if (ret != -ENOENT)
 		goto out;
-	st = cache_stmt(cache, ST_MSG_NAME_TAKEN);
-	sqlite3_bind_int64(st, 1, to_folder_id);
-	cache_bind_text(st, 2, name);
-	ret = cache_step(cache, st);
-	cache_stmt_done(st);
-	st = NULL;
-	if (ret != 0) {
-		ret = ret > 0 ? -EEXIST : ret;
+	/* Within one folder (a new UID for the same message) the name may
+	 * be its own. */
+	if (folder_id == to_folder_id && cur_name == NULL &&
+	    (ret = cache_msg_name_of(cache, folder_id, uid, &cur_name)) < 0)
 		goto out;
+	if (folder_id != to_folder_id || strcmp(cur_name, name) != 0) {
+		st = cache_stmt(cache, ST_MSG_NAME_TAKEN);
+		sqlite3_bind_int64(st, 1, to_folder_id);
+		cache_bind_text(st, 2, name);
+		ret = cache_step(cache, st);
+		cache_stmt_done(st);
+		st = NULL;
+		if (ret != 0) {
+			ret = ret > 0 ? -EEXIST : ret;
+			goto out;
+		}
 	}
 
 	if (cached) {

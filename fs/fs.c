@@ -162,6 +162,12 @@ static void ev_message_changed(void *ctx, int64_t folder_id, uint32_t uid)
 	mfs_note_push(ctx, 0, NULL, msg_ino(folder_id, uid));
 }
 
+static void ev_message_moved(void *ctx, int64_t folder_id, uint32_t uid, int64_t to_folder_id,
+			     uint32_t to_uid)
+{
+	mfs_note_moved(ctx, msg_ino(folder_id, uid), msg_ino(to_folder_id, to_uid));
+}
+
 /* ---- attributes ---- */
 
 void mfs_attr_dir(struct mfs *m, fuse_ino_t ino, struct stat *st)
@@ -750,6 +756,7 @@ int mfs_start(struct mfs *m, struct fuse_session *se)
 		.ctx = m,
 		.entry_changed = ev_entry_changed,
 		.message_changed = ev_message_changed,
+		.message_moved = ev_message_moved,
 	};
 
 	m->se = se;

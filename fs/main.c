@@ -310,6 +310,7 @@ int main(int argc, char **argv)
 		.cafile = cfg.cafile,
 		.insecure = cfg.insecure,
 		.cache = cache,
+		.cache_dir = cache_dir,
 		.names_uid = !strcmp(scheme, "uid"),
 		.ro = cfg.ro,
 		.delete_trash = cfg.delete_mode && !strcmp(cfg.delete_mode, "trash"),

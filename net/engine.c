@@ -55,7 +55,9 @@ static void *engine_poller(void *arg)
 		struct timespec ts;
 
 		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += e->poll_seconds;
+		/* Offline, look for the server more often: changes made
+		 * meanwhile wait in the journal. */
+		ts.tv_sec += !e->online && e->poll_seconds > 10 ? 10 : e->poll_seconds;
 		while (!e->stopping && !e->poll_asked)
 			if (pthread_cond_timedwait(&e->poll_cond, &e->lock, &ts) == ETIMEDOUT)
 				break;

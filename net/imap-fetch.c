@@ -120,7 +120,7 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 
 			for (in = s->inflight; in && !busy; in = in->next)
 				busy = in->folder_id == folder_id && in->uid == more[i];
-			if (busy || sizes[i] == UINT64_MAX)
+			if (busy || sizes[i] == UINT64_MAX || journal_uid_is_local(more[i]))
 				continue;
 			bytes += sizes[i];
 			if (bytes > READAHEAD_BYTES && n > 0 && (n > 1 || prefetch))

@@ -30,7 +30,7 @@ static enum store_error refusal(struct imap_client *c)
 }
 
 /* A command's outcome as a store_error, logging refusals. */
-static enum store_error outcome(struct worker *w, int r, const char *what)
+enum store_error imap_ops_outcome(struct worker *w, int r, const char *what)
 {
 	if (r == IMAP_RESULT_OK)
 		return STORE_OK;
@@ -64,13 +64,13 @@ static enum store_error select_rw(struct worker *w, int64_t folder_id, struct ca
 		w->selected = folder_id;
 		w->selected_rw = true;
 	}
-	return outcome(w, r, f_r->server_name);
+	return imap_ops_outcome(w, r, f_r->server_name);
 }
 
 /* Expunge exactly one UID of the selected folder: UID EXPUNGE where the
  * server has UIDPLUS; otherwise EXPUNGE with the \Deleted flags that other
  * clients set lifted for the moment, so that only ours goes. */
-static enum store_error expunge_one(struct worker *w, uint32_t uid)
+enum store_error imap_ops_expunge_one(struct worker *w, uint32_t uid)
 {
 	struct meta_ctx mc = { .s = w->s };
 	enum store_error e;
@@ -81,15 +81,15 @@ static enum store_error expunge_one(struct worker *w, uint32_t uid)
 		 * pipelined behind its STORE undone (seen with Dovecot 2.3
 		 * while another session's expunge was pending). */
 		r = imap_client_run(w->client, NULL, NULL, "UID STORE %u +FLAGS.SILENT (\\Deleted)", uid);
-		if ((e = outcome(w, r, "store \\Deleted")) != STORE_OK)
+		if ((e = imap_ops_outcome(w, r, "store \\Deleted")) != STORE_OK)
 			goto out;
 		for (int attempt = 0; attempt < 3; attempt++) {
 			r = imap_client_run(w->client, NULL, NULL, "UID EXPUNGE %u", uid);
-			if ((e = outcome(w, r, "expunge")) != STORE_OK)
+			if ((e = imap_ops_outcome(w, r, "expunge")) != STORE_OK)
 				goto out;
 			mc.nseen = 0;
 			r = imap_client_run(w->client, imap_sync_on_meta, &mc, "UID SEARCH UID %u", uid);
-			if ((e = outcome(w, r, "search")) != STORE_OK)
+			if ((e = imap_ops_outcome(w, r, "search")) != STORE_OK)
 				goto out;
 			if (mc.nseen == 0)
 				goto out;
@@ -100,7 +100,7 @@ static enum store_error expunge_one(struct worker *w, uint32_t uid)
 		goto out;
 	}
 	r = imap_client_run(w->client, imap_sync_on_meta, &mc, "UID SEARCH DELETED");
-	if ((e = outcome(w, r, "search")) != STORE_OK)
+	if ((e = imap_ops_outcome(w, r, "search")) != STORE_OK)
 		goto out;
 	char *set = NULL;
 	size_t setlen = 0;
@@ -112,13 +112,13 @@ static enum store_error expunge_one(struct worker *w, uint32_t uid)
 		fclose(f);
 	if (set && *set) {
 		r = imap_client_run(w->client, NULL, NULL, "UID STORE %s -FLAGS.SILENT (\\Deleted)", set);
-		if ((e = outcome(w, r, "store")) != STORE_OK)
+		if ((e = imap_ops_outcome(w, r, "store")) != STORE_OK)
 			goto out_set;
 	}
 	r = imap_client_run(w->client, NULL, NULL, "UID STORE %u +FLAGS.SILENT (\\Deleted)", uid);
-	if ((e = outcome(w, r, "store \\Deleted")) == STORE_OK) {
+	if ((e = imap_ops_outcome(w, r, "store \\Deleted")) == STORE_OK) {
 		r = imap_client_run(w->client, NULL, NULL, "EXPUNGE");
-		e = outcome(w, r, "expunge");
+		e = imap_ops_outcome(w, r, "expunge");
 	}
 	if (set && *set)
 		imap_client_run(w->client, NULL, NULL, "UID STORE %s +FLAGS.SILENT (\\Deleted)", set);
@@ -130,7 +130,7 @@ out:
 }
 
 /* Leave the selected folder without expunging anything (CLOSE would). */
-static void unselect(struct worker *w)
+void imap_ops_unselect(struct worker *w)
 {
 	if (!w->selected)
 		return;
@@ -143,7 +143,7 @@ static void unselect(struct worker *w)
 }
 
 /* "COPYUID uidvalidity src dst" for one message: the new UID, or 0. */
-static uint32_t copyuid_dst(const char *args, uint32_t dst_validity)
+uint32_t imap_ops_copyuid_dst(const char *args, uint32_t dst_validity)
 {
 	unsigned long v, src, dst;
 	char tail;
@@ -155,18 +155,87 @@ static uint32_t copyuid_dst(const char *args, uint32_t dst_validity)
 	return dst > 0 && dst <= UINT32_MAX ? (uint32_t)dst : 0;
 }
 
-struct moved_ctx {
-	char args[256];
-};
-
 /* MOVE reports COPYUID in an untagged OK before the expunges. */
-static void on_moved(void *ctx, const struct imap_response *r)
+void imap_ops_on_moved(void *ctx, const struct imap_response *r)
 {
 	struct moved_ctx *m = ctx;
 
 	if (r->kind == IMAP_RESP_UNTAGGED && r->status == IMAP_STATUS_OK &&
 	    r->code_count > 0 && imap_arg_atom_is(&r->code[0], "COPYUID"))
 		imap_code_args(r, m->args, sizeof(m->args));
+}
+
+/* The flags as UID STORE takes them: \Recent cannot be stored, the rest
+ * passes through as atoms.  NULL without memory. */
+char *imap_ops_storable_flags(const char *flags)
+{
+	char *copy = strdup(flags ? flags : ""), *out, *tok, *save = NULL, *p;
+
+	out = copy ? malloc(strlen(copy) + 1) : NULL;
+	if (!out) {
+		free(copy);
+		return NULL;
+	}
+	p = out;
+	*p = '\0';
+	for (tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+		if (strcasecmp(tok, "\\Recent"))
+			p += sprintf(p, "%s%s", p == out ? "" : " ", tok);
+	free(copy);
+	return out;
+}
+
+/* "APPEND "folder" (\Seen) "date"", the literal to follow; mtime 0: no
+ * date (the server's clock). */
+char *imap_ops_append_prefix(const char *server_name, int64_t mtime)
+{
+	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	char date[64] = "", *q = imap_quote(server_name), *prefix = NULL;
+
+	if (mtime) {
+		struct tm tm;
+		time_t t = (time_t)mtime;
+
+		gmtime_r(&t, &tm);
+		snprintf(date, sizeof(date), " \"%02d-%s-%04d %02d:%02d:%02d +0000\"", tm.tm_mday,
+			 mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	}
+	if (q && asprintf(&prefix, "APPEND %s (\\Seen)%s", q, date) < 0)
+		prefix = NULL;
+	free(q);
+	return prefix;
+}
+
+/* Move UID of the selected folder to the folder named to_server_name:
+ * UID MOVE, else UID COPY then expunge (the message is never nowhere).
+ * mc gets COPYUID's arguments when the server gives them. */
+enum store_error imap_ops_move_uid(struct worker *w, uint32_t uid, const char *to_server_name,
+				   struct moved_ctx *mc)
+{
+	char *q = imap_quote(to_server_name);
+	enum store_error e;
+	int r;
+
+	mc->args[0] = '\0';
+	if (!q)
+		return STORE_ERR_IO;
+	if (imap_client_caps(w->client) & IMAP_CAP_MOVE) {
+		r = imap_client_run(w->client, imap_ops_on_moved, mc, "UID MOVE %u %s", uid, q);
+		e = imap_ops_outcome(w, r, "move");
+		if (e == STORE_OK && !mc->args[0] && !strcasecmp(imap_client_code(w->client), "COPYUID"))
+			snprintf(mc->args, sizeof(mc->args), "%s", imap_client_code_args(w->client));
+	} else {
+		r = imap_client_run(w->client, NULL, NULL, "UID COPY %u %s", uid, q);
+		e = imap_ops_outcome(w, r, "copy");
+		if (e == STORE_OK) {
+			if (!strcasecmp(imap_client_code(w->client), "COPYUID"))
+				snprintf(mc->args, sizeof(mc->args), "%s", imap_client_code_args(w->client));
+			e = imap_ops_expunge_one(w, uid);
+		}
+	}
+	free(q);
+	return e;
 }
 
 /* Make sure the destination's listing is in the cache before a message
@@ -213,7 +282,7 @@ static enum store_error op_remove(struct worker *w, struct op *op)
 			return e;
 		}
 	}
-	e = expunge_one(w, op->uid);
+	e = imap_ops_expunge_one(w, op->uid);
 	if (e == STORE_OK) {
 		cache_msg_delete(s->cache, op->folder_id, op->uid);
 		imap_store_emit_entry(s, op->folder_id, m.name);
@@ -232,8 +301,6 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	struct moved_ctx mc = { "" };
 	enum store_error e;
 	uint32_t newuid = 0;
-	char *q;
-	int r;
 
 	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
 		return STORE_ERR_NOTFOUND;
@@ -252,31 +319,11 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	e = select_rw(w, op->folder_id, &f);
 	if (e != STORE_OK)
 		goto out;
-	q = imap_quote(t.server_name);
-	if (!q) {
-		e = STORE_ERR_IO;
-		goto out;
-	}
-	if (imap_client_caps(w->client) & IMAP_CAP_MOVE) {
-		r = imap_client_run(w->client, on_moved, &mc, "UID MOVE %u %s", op->uid, q);
-		e = outcome(w, r, "move");
-		if (e == STORE_OK && !mc.args[0] && !strcasecmp(imap_client_code(w->client), "COPYUID"))
-			snprintf(mc.args, sizeof(mc.args), "%s", imap_client_code_args(w->client));
-	} else {
-		/* Copy first, then expunge: the message is never nowhere. */
-		r = imap_client_run(w->client, NULL, NULL, "UID COPY %u %s", op->uid, q);
-		e = outcome(w, r, "copy");
-		if (e == STORE_OK) {
-			if (!strcasecmp(imap_client_code(w->client), "COPYUID"))
-				snprintf(mc.args, sizeof(mc.args), "%s", imap_client_code_args(w->client));
-			e = expunge_one(w, op->uid);
-		}
-	}
-	free(q);
+	e = imap_ops_move_uid(w, op->uid, t.server_name, &mc);
 	if (e != STORE_OK)
 		goto out;
 	imap_store_view_changed(s);
-	newuid = copyuid_dst(mc.args, t.uidvalidity);
+	newuid = imap_ops_copyuid_dst(mc.args, t.uidvalidity);
 	if (newuid && cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, newuid,
 				     op->name) == 0) {
 		imap_store_emit_entry(s, op->folder_id, m.name);
@@ -313,7 +360,7 @@ out:
 }
 
 /* The server's name for a new folder `name` under parent_id. */
-static char *child_server_name(struct istore *s, int64_t parent_id, const char *name)
+char *imap_ops_child_server_name(struct istore *s, int64_t parent_id, const char *name)
 {
 	struct cache_folder p;
 	char *enc = NULL, *full = NULL;
@@ -334,7 +381,7 @@ static char *child_server_name(struct istore *s, int64_t parent_id, const char *
 static enum store_error op_mkdir(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
-	char *server = child_server_name(s, op->folder_id, op->name), *q;
+	char *server = imap_ops_child_server_name(s, op->folder_id, op->name), *q;
 	enum store_error e;
 	int64_t id;
 	int r;
@@ -343,7 +390,7 @@ static enum store_error op_mkdir(struct worker *w, struct op *op)
 		return STORE_ERR_PERM;
 	q = imap_quote(server);
 	r = q ? imap_client_run(w->client, NULL, NULL, "CREATE %s", q) : -EINVAL;
-	e = outcome(w, r, "create folder");
+	e = imap_ops_outcome(w, r, "create folder");
 	if (e == STORE_OK) {
 		imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", q);
 		if (cache_folder_put(s->cache, op->folder_id, op->name, server, 0, &id) == 0) {
@@ -397,10 +444,10 @@ static enum store_error op_rmdir(struct worker *w, struct op *op)
 		return STORE_ERR_IO;
 	}
 	/* STATUS on the selected folder may answer from a stale view. */
-	unselect(w);
+	imap_ops_unselect(w);
 	if (!(f.flags & CACHE_FOLDER_NOSELECT)) {
 		r = imap_client_run(w->client, on_status, &cc, "STATUS %s (MESSAGES)", q);
-		e = outcome(w, r, "status");
+		e = imap_ops_outcome(w, r, "status");
 		if (e == STORE_OK && cc.got && cc.messages > 0) {
 			/* Mail arrived that the cache has not seen yet. */
 			e = STORE_ERR_REFUSED;
@@ -411,7 +458,7 @@ static enum store_error op_rmdir(struct worker *w, struct op *op)
 	if (e == STORE_OK) {
 		imap_client_run(w->client, NULL, NULL, "UNSUBSCRIBE %s", q);
 		r = imap_client_run(w->client, NULL, NULL, "DELETE %s", q);
-		e = outcome(w, r, "delete folder");
+		e = imap_ops_outcome(w, r, "delete folder");
 		if (e == STORE_OK) {
 			cache_folder_delete(s->cache, op->folder_id);
 			imap_store_emit_entry(s, f.parent_id, f.name);
@@ -438,7 +485,7 @@ static enum store_error op_rename(struct worker *w, struct op *op)
 		cache_folder_clear(&f);
 		return STORE_ERR_PERM;
 	}
-	server = child_server_name(s, op->to_folder_id, op->name);
+	server = imap_ops_child_server_name(s, op->to_folder_id, op->name);
 	if (!server) {
 		cache_folder_clear(&f);
 		return STORE_ERR_PERM;
@@ -447,9 +494,9 @@ static enum store_error op_rename(struct worker *w, struct op *op)
 	qn = imap_quote(server);
 	/* Its subfolders may be selected here too: a server ends a session
 	 * whose selected folder is renamed away. */
-	unselect(w);
+	imap_ops_unselect(w);
 	r = qo && qn ? imap_client_run(w->client, NULL, NULL, "RENAME %s %s", qo, qn) : -EINVAL;
-	e = outcome(w, r, "rename folder");
+	e = imap_ops_outcome(w, r, "rename folder");
 	if (e == STORE_OK) {
 		imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", qn);
 		if (cache_folder_rename(s->cache, op->folder_id, op->to_folder_id, op->name,
@@ -470,7 +517,7 @@ static enum store_error op_append(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
 	struct cache_folder f;
-	char date[64] = "", *prefix = NULL, *q;
+	char *prefix;
 	enum store_error e;
 	int tag, r;
 
@@ -481,27 +528,15 @@ static enum store_error op_append(struct worker *w, struct op *op)
 		cache_folder_clear(&f);
 		return STORE_ERR_PERM;
 	}
-	if (op->mtime) {
-		static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-						   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-		struct tm tm;
-		time_t t = (time_t)op->mtime;
-
-		gmtime_r(&t, &tm);
-		snprintf(date, sizeof(date), " \"%02d-%s-%04d %02d:%02d:%02d +0000\"", tm.tm_mday,
-			 mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-	}
-	q = imap_quote(f.server_name);
-	if (!q || asprintf(&prefix, "APPEND %s (\\Seen)%s", q, date) < 0) {
-		free(q);
+	prefix = imap_ops_append_prefix(f.server_name, op->mtime);
+	if (!prefix) {
 		cache_folder_clear(&f);
 		return STORE_ERR_IO;
 	}
-	free(q);
 	tag = imap_client_send_literal(w->client, prefix, op->data, op->len, NULL);
 	free(prefix);
 	r = tag < 0 ? tag : imap_client_wait(w->client, tag, NULL, NULL);
-	e = outcome(w, r, "append");
+	e = imap_ops_outcome(w, r, "append");
 	if (e == STORE_OK) {
 		imap_store_view_changed(s);
 		uint32_t uid = 0;
@@ -558,23 +593,15 @@ static enum store_error op_flags(struct worker *w, struct op *op)
 	struct cache_folder f;
 	struct flags_ctx fc = { .mc = { .s = w->s, .folder_id = op->folder_id } };
 	enum store_error e;
-	char *clean = malloc(strlen(op->flags) + 1), *tok, *save = NULL, *p;
+	char *clean = imap_ops_storable_flags(op->flags);
 	int r;
 
 	if (!clean)
 		return STORE_ERR_IO;
-	/* \Recent cannot be stored; the rest passes through as atoms. */
-	p = clean;
-	*p = '\0';
-	for (tok = strtok_r(op->flags, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-		if (!strcasecmp(tok, "\\Recent"))
-			continue;
-		p += sprintf(p, "%s%s", p == clean ? "" : " ", tok);
-	}
 	e = select_rw(w, op->folder_id, &f);
 	if (e == STORE_OK) {
 		r = imap_client_run(w->client, on_flags, &fc, "UID STORE %u FLAGS (%s)", op->uid, clean);
-		e = outcome(w, r, "store flags");
+		e = imap_ops_outcome(w, r, "store flags");
 		if (e == STORE_OK && !fc.seen) {
 			/* No FETCH came back: the message is gone. */
 			e = STORE_ERR_NOTFOUND;
@@ -595,10 +622,14 @@ void imap_ops_run(struct worker *w, struct op *op)
 		if (imap_store_connect(w, &err) < 0) {
 			log_warn("%s", err);
 			engine_set_online(&s->eng, false);
-			goto done;
+			goto offline;
 		}
 	}
 	engine_set_online(&s->eng, true);
+	/* Earlier changes first, in order; if they cannot all go, this
+	 * one waits behind them. */
+	if (imap_journal_replay(w) < 0)
+		goto offline;
 	switch (op->kind) {
 	case OP_REMOVE:
 		e = op_remove(w, op);
@@ -622,6 +653,15 @@ void imap_ops_run(struct worker *w, struct op *op)
 		e = op_flags(w, op);
 		break;
 	}
+	/* The connection died before the server answered: whether it did
+	 * the change or not, the journal's replay makes it happen once. */
+	if (e == STORE_ERR_IO && w->client && !imap_client_alive(w->client) && s->journal) {
+		engine_set_online(&s->eng, false);
+		goto offline;
+	}
+	goto done;
+offline:
+	e = s->journal ? imap_journal_apply(s, op) : STORE_ERR_IO;
 done:
 	op->done(op->ctx, e, op->kind == OP_RMDIR && op->len == 1);
 	free(op->name);

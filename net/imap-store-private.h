@@ -21,6 +21,7 @@
 #include "engine.h"
 #include "imap-client.h"
 #include "imap-store.h"
+#include "journal.h"
 
 #define READAHEAD_COUNT 48
 #define READAHEAD_BYTES (16u << 20)
@@ -108,6 +109,9 @@ struct istore {
 	int64_t trash_id; /* the \Trash special-use folder, 0: none */
 	unsigned nworkers;
 	struct cache *cache;
+	struct journal *journal;    /* offline changes; its own lock */
+	char *cache_dir;
+	pthread_mutex_t replay_lock; /* one replay at a time, ahead of all else */
 	struct store_events ev;
 
 	struct engine eng; /* its lock protects what follows up to view_gen */
@@ -199,6 +203,28 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 
 /* imap-ops.c */
 void imap_ops_run(struct worker *w, struct op *op);
+/* Helpers the journal's replay shares. */
+enum store_error imap_ops_outcome(struct worker *w, int r, const char *what);
+enum store_error imap_ops_expunge_one(struct worker *w, uint32_t uid);
+void imap_ops_unselect(struct worker *w);
+char *imap_ops_child_server_name(struct istore *s, int64_t parent_id, const char *name);
+uint32_t imap_ops_copyuid_dst(const char *args, uint32_t dst_validity);
+struct moved_ctx {
+	char args[256];
+};
+void imap_ops_on_moved(void *ctx, const struct imap_response *r);
+enum store_error imap_ops_move_uid(struct worker *w, uint32_t uid, const char *to_server_name,
+				   struct moved_ctx *mc);
+char *imap_ops_storable_flags(const char *flags);
+char *imap_ops_append_prefix(const char *server_name, int64_t mtime);
+
+/* imap-journal.c: changes the server could not confirm (see journal.h) */
+/* Record op as a journal entry and show it in the cache: the caller
+ * reports the result to the user as if the server had confirmed it. */
+enum store_error imap_journal_apply(struct istore *s, struct op *op);
+/* Replay the journal on w's live connection, oldest first.  0 when it is
+ * empty, -EIO when the connection failed (the rest waits). */
+int imap_journal_replay(struct worker *w);
 void imap_ops_remove(struct store *base, int64_t folder_id, uint32_t uid,
 			  store_done_fn *done, void *ctx);
 void imap_ops_move(struct store *base, int64_t folder_id, uint32_t uid,

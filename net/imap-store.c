@@ -18,6 +18,7 @@
 #include <openssl/crypto.h>
 
 #include "imap-client.h"
+#include "conn.h"
 #include "imap-store-private.h"
 #include "log.h"
 
@@ -248,6 +249,14 @@ static void run_job(struct worker *w, struct job *j)
 			}
 		}
 		engine_set_online(&s->eng, true);
+		/* Changes made offline go first: a sync before them would
+		 * bring back what the user removed. */
+		if (imap_journal_replay(w) < 0) {
+			r = -EIO;
+			if (imap_client_alive(w->client))
+				break;
+			continue;
+		}
 		if (j->kind == JOB_LIST) {
 			r = imap_sync_list(s, w->client, &err);
 			if (r < 0)
@@ -432,6 +441,12 @@ static void istore_fetch_body(struct store *base, int64_t folder_id, uint32_t ui
 	struct istore *s = (struct istore *)base;
 	struct inflight *in;
 
+	if (journal_uid_is_local(uid)) {
+		/* Moved here offline before its body was cached: the
+		 * server knows it by its old UID until the replay. */
+		done(ctx, STORE_ERR_OFFLINE, false);
+		return;
+	}
 	pthread_mutex_lock(&s->eng.lock);
 	note_recent(s, folder_id);
 	for (in = s->inflight; in; in = in->next)
@@ -464,7 +479,11 @@ static void istore_fetch_body(struct store *base, int64_t folder_id, uint32_t ui
 
 static void istore_status(struct store *base, struct store_status *st)
 {
-	engine_status(&((struct istore *)base)->eng, st);
+	struct istore *s = (struct istore *)base;
+
+	engine_status(&s->eng, st);
+	if (s->journal)
+		st->pending = journal_count(s->journal);
 }
 
 static void istore_sync_now(struct store *base)
@@ -515,6 +534,9 @@ static void istore_destroy(struct store **basep)
 		free(s->password);
 	}
 	free(s->cafile);
+	free(s->cache_dir);
+	journal_close(&s->journal);
+	pthread_mutex_destroy(&s->replay_lock);
 	url_free(&s->url);
 	engine_destroy(&s->eng);
 	pthread_cond_destroy(&s->idle_cond);
@@ -539,6 +561,31 @@ static const struct store_ops istore_ops = {
 	.destroy = istore_destroy,
 };
 
+/* The server is unreachable (a network error, never a refused login or
+ * certificate): with a listing in the cache, mount from it and say so. */
+static bool start_offline(struct istore *s, const char *why)
+{
+	struct cache_folder *fl;
+	size_t n = 0;
+	bool known = false;
+	char *d = NULL;
+
+	if (cache_folder_list(s->cache, &fl, &n) < 0)
+		return false;
+	for (size_t i = 0; i < n && !known; i++)
+		known = fl[i].last_sync > 0;
+	cache_folder_list_free(fl, n);
+	if (!known)
+		return false;
+	if (cache_kv_get(s->cache, "imap_delimiter", &d) == 0 && d && d[0])
+		s->delim = d[0];
+	free(d);
+	log_warn("%s: mounted offline from the cache; changes are journaled until the server "
+		 "is back", why);
+	s->eng.online = false;
+	return true;
+}
+
 struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_r,
 			     const char **error_r)
 {
@@ -552,6 +599,7 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 	s->base.caps = STORE_CAP_FOLDERS | STORE_CAP_FLAGS | STORE_CAP_WRITE;
 	engine_init(&s->eng, o->url, o->poll_seconds);
 	pthread_cond_init(&s->idle_cond, NULL);
+	pthread_mutex_init(&s->replay_lock, NULL);
 	s->url = *o->url;
 	s->url.user = strdup(o->url->user);
 	s->url.host = strdup(o->url->host);
@@ -575,6 +623,19 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 		*error_r = "out of memory";
 		goto fail;
 	}
+	if (o->cache_dir && !o->ro) {
+		int jr;
+
+		s->cache_dir = strdup(o->cache_dir);
+		if ((jr = journal_open(&s->journal, o->cache_dir)) < 0) {
+			static char buf[512];
+
+			snprintf(buf, sizeof(buf), "cannot open the change journal in %s: %s "
+				 "(choose another with -o cache_dir=DIR)", o->cache_dir, strerror(-jr));
+			*error_r = buf;
+			goto fail;
+		}
+	}
 	/* The first connection logs in and lists on this thread, so that a
 	 * wrong password or an untrusted certificate fails the command. */
 	struct imap_client_opts co = {
@@ -584,11 +645,19 @@ struct store *imap_store_new(const struct imap_store_opts *o, bool *auth_failed_
 		.insecure = s->insecure,
 		.trace_name = "imap1",
 	};
-	if (imap_client_open(&s->workers[0].client, &co, auth_failed_r, error_r) < 0)
+	if (imap_client_open(&s->workers[0].client, &co, auth_failed_r, error_r) < 0) {
+		if (conn_failed_on_network() && start_offline(s, *error_r))
+			return &s->base;
 		goto fail;
+	}
 	enable_extensions(&s->workers[0]);
 	if (imap_sync_list(s, s->workers[0].client, error_r) < 0)
 		goto fail;
+	{
+		char d[2] = { s->delim, '\0' };
+
+		cache_kv_set(s->cache, "imap_delimiter", d);
+	}
 	s->eng.online = true;
 	return &s->base;
 fail:

@@ -24,6 +24,7 @@ struct imap_store_opts {
 	const char *cafile;
 	bool insecure;
 	struct cache *cache;   /* not owned */
+	const char *cache_dir; /* where the journal lives */
 	bool names_uid;        /* names=uid */
 	bool ro;               /* EXAMINE, never SELECT */
 	bool delete_trash;     /* delete=trash: rm moves to \Trash */
@@ -33,6 +34,8 @@ struct imap_store_opts {
 
 /* Connect, authenticate and list the folders into the cache, on the
  * calling thread (before daemonizing, so failures reach the command).
+ * When the server cannot be reached at all and the cache holds a listing,
+ * it warns and starts offline instead (SPEC.md: "mounts offline").
  * Returns the store, or NULL with *error_r (one line for the user);
  * *auth_failed_r tells a refused login from other failures. */
 struct store *imap_store_new(const struct imap_store_opts *opts,

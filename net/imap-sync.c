@@ -747,6 +747,10 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		r = -EIO;
 		goto out;
 	}
+	/* Messages put here offline (local UIDs, at the end) are not the
+	 * server's yet: the journal's replay gives them their UIDs. */
+	while (nuids > 0 && journal_uid_is_local(uids[nuids - 1]))
+		nuids--;
 	r = imap_sync_select_qresync(w, &f, nuids ? uids[nuids - 1] : 0, mc, &e);
 	if (r != IMAP_RESULT_OK) {
 		/* NO: the folder vanished or cannot be opened; not fatal. */

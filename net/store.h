@@ -50,6 +50,11 @@ struct store_events {
 	void (*entry_changed)(void *ctx, int64_t folder_id, const char *name);
 	/* A message's attributes (size, flags, mtime) changed. */
 	void (*message_changed)(void *ctx, int64_t folder_id, uint32_t uid);
+	/* A message now has another (folder, UID): a change made offline
+	 * reached the server, which gave it its own UID.  Its file name is
+	 * unchanged; open files and inodes the kernel holds must follow. */
+	void (*message_moved)(void *ctx, int64_t folder_id, uint32_t uid,
+			      int64_t to_folder_id, uint32_t to_uid);
 };
 
 struct store_status {

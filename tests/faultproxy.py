@@ -2,7 +2,7 @@
 
     p = FaultProxy(("127.0.0.1", 993)); p.start()
     ... connect to 127.0.0.1:p.port ...
-    p.down()    # every connection reset, new ones reset at once (server unreachable)
+    p.down()    # every connection reset, new ones refused (the server is down)
     p.stall()   # bytes stop flowing both ways, connections stay open (a dead link:
                 # only the client's own timeouts end it); new ones are accepted and stall
     p.up()      # back to forwarding (stalled connections are cut: their streams are
@@ -34,10 +34,9 @@ def _reset(sock):
 class FaultProxy:
     def __init__(self, target, host="127.0.0.1"):
         self.target = target
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind((host, 0))
-        self.lsock.listen(64)
+        self.host = host
+        self.port = 0
+        self.lsock = self._listen()
         self.port = self.lsock.getsockname()[1]
         self.mode = "up"
         self.lock = threading.Lock()
@@ -46,6 +45,13 @@ class FaultProxy:
         self._stopping = False
         self._thread = None
 
+    def _listen(self):
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((self.host, self.port))
+        ls.listen(64)
+        return ls
+
     def start(self):
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
@@ -53,10 +59,18 @@ class FaultProxy:
 
     def _accept_loop(self):
         while not self._stopping:
+            with self.lock:
+                ls = self.lsock
+            if ls is None:   # down: nothing listens, connect() is refused
+                select.select([], [], [], 0.05)
+                continue
             try:
-                c, _ = self.lsock.accept()
+                r, _, _ = select.select([ls], [], [], 0.1)
+                if not r:
+                    continue
+                c, _ = ls.accept()
             except OSError:
-                return
+                continue
             with self.lock:
                 self.accepted += 1
                 mode = self.mode
@@ -112,6 +126,9 @@ class FaultProxy:
     def down(self):
         with self.lock:
             self.mode = "down"
+            ls, self.lsock = self.lsock, None
+        if ls is not None:
+            ls.close()
         self._cut_all()
 
     def stall(self):
@@ -122,13 +139,15 @@ class FaultProxy:
         with self.lock:
             was = self.mode
             self.mode = "up"
+            if self.lsock is None:
+                self.lsock = self._listen()
         if was == "stall":
             self._cut_all()
 
     def stop(self):
         self._stopping = True
-        try:
-            self.lsock.close()
-        except OSError:
-            pass
+        with self.lock:
+            ls, self.lsock = self.lsock, None
+        if ls is not None:
+            ls.close()
         self._cut_all()

@@ -1,0 +1,744 @@
+/* imap-journal.c: changes made while the server was unreachable.
+ *
+ * imap_journal_apply() writes the change to the journal (durably) and then
+ * shows it in the cache, so the mount behaves as if the server had said OK.
+ * imap_journal_replay() sends the entries, oldest first, once a connection
+ * works again; every worker calls it before any other job, so nothing the
+ * server says can overtake a change the user made first.
+ *
+ * Replay is written to be repeatable: a crash between a command and the
+ * removal of its entry sends the entry again.  An expunge or a flag store
+ * sent twice does nothing more; a move whose source UID is gone already
+ * happened; an APPEND marked as attempted is looked for by Message-ID
+ * before it is sent again.  A change the server refuses is given up with a
+ * warning (the next sync shows the server's state), except an APPEND: its
+ * message is kept in CACHE_DIR/unsent/, never dropped. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "imap-store-private.h"
+#include "log.h"
+
+/* ---- recording ---- */
+
+/* The highest UID of the folder in the cache, if it is a local one. */
+static uint32_t highest_local(struct istore *s, int64_t folder_id)
+{
+	uint32_t *uids = NULL, top = 0;
+	size_t n = 0;
+
+	if (cache_msg_uids(s->cache, folder_id, &uids, &n) == 0 && n > 0 &&
+	    journal_uid_is_local(uids[n - 1]))
+		top = uids[n - 1];
+	free(uids);
+	return top;
+}
+
+static enum store_error record(struct istore *s, struct journal_entry *e)
+{
+	int r = journal_add(s->journal, e);
+
+	if (r < 0) {
+		log_warn("cannot record the change in the journal: %s", strerror(-r));
+		return r == -ENOSPC ? STORE_ERR_QUOTA : STORE_ERR_IO;
+	}
+	return STORE_OK;
+}
+
+static enum store_error apply_remove(struct istore *s, struct op *op, struct cache_folder *f)
+{
+	struct cache_msg m;
+	struct journal_entry e = {
+		.kind = JOURNAL_REMOVE, .folder_id = op->folder_id, .uid = op->uid,
+		.uidvalidity = f->uidvalidity, .server_name = f->server_name,
+	};
+	enum store_error err;
+
+	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
+		return STORE_ERR_NOTFOUND;
+	if ((err = record(s, &e)) == STORE_OK) {
+		cache_msg_delete(s->cache, op->folder_id, op->uid);
+		imap_store_emit_entry(s, op->folder_id, m.name);
+	}
+	cache_msg_clear(&m);
+	return err;
+}
+
+static enum store_error apply_flags(struct istore *s, struct op *op, struct cache_folder *f)
+{
+	struct cache_msg m;
+	struct journal_entry e = {
+		.kind = JOURNAL_FLAGS, .folder_id = op->folder_id, .uid = op->uid,
+		.uidvalidity = f->uidvalidity, .server_name = f->server_name, .flags = op->flags,
+	};
+	enum store_error err;
+
+	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
+		return STORE_ERR_NOTFOUND;
+	cache_msg_clear(&m);
+	if ((err = record(s, &e)) == STORE_OK) {
+		cache_msg_set_flags(s->cache, op->folder_id, op->uid, op->flags, 0);
+		imap_store_emit_message(s, op->folder_id, op->uid);
+	}
+	return err;
+}
+
+static enum store_error apply_move(struct istore *s, struct op *op, struct cache_folder *f)
+{
+	struct cache_folder t;
+	struct cache_msg m;
+	enum store_error err;
+	int r;
+
+	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
+		return STORE_ERR_NOTFOUND;
+	if (cache_folder_get(s->cache, op->to_folder_id, &t) < 0) {
+		cache_msg_clear(&m);
+		return STORE_ERR_NOTFOUND;
+	}
+	if (t.flags & CACHE_FOLDER_NOSELECT) {
+		err = STORE_ERR_PERM;
+		goto out;
+	}
+	struct cache_msg clash;
+	if (cache_msg_lookup(s->cache, op->to_folder_id, op->name, &clash) == 0) {
+		cache_msg_clear(&clash);
+		err = STORE_ERR_REFUSED;
+		goto out;
+	}
+	uint32_t local = journal_next_local_uid(s->journal, op->to_folder_id,
+						highest_local(s, op->to_folder_id));
+	struct journal_entry e = {
+		.kind = JOURNAL_MOVE, .folder_id = op->folder_id, .uid = op->uid,
+		.uidvalidity = f->uidvalidity, .server_name = f->server_name,
+		.to_folder_id = op->to_folder_id, .to_uid = local, .to_server_name = t.server_name,
+		.name = op->name,
+	};
+	if (!local) {
+		err = STORE_ERR_IO;
+		goto out;
+	}
+	if ((err = record(s, &e)) != STORE_OK)
+		goto out;
+	r = cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, local, op->name);
+	if (r < 0) {
+		journal_done(s->journal, e.seq);
+		err = r == -EEXIST ? STORE_ERR_REFUSED : STORE_ERR_IO;
+		goto out;
+	}
+	cache_msg_set_pinned(s->cache, op->to_folder_id, local, true);
+	imap_store_emit_entry(s, op->folder_id, m.name);
+	imap_store_emit_entry(s, op->to_folder_id, op->name);
+out:
+	cache_folder_clear(&t);
+	cache_msg_clear(&m);
+	return err;
+}
+
+static enum store_error apply_append(struct istore *s, struct op *op, struct cache_folder *f)
+{
+	enum store_error err;
+	char *name = NULL;
+
+	if (f->flags & CACHE_FOLDER_NOSELECT)
+		return STORE_ERR_PERM;
+	uint32_t local = journal_next_local_uid(s->journal, op->folder_id,
+						highest_local(s, op->folder_id));
+	struct journal_entry e = {
+		.kind = JOURNAL_APPEND, .folder_id = op->folder_id, .uid = local,
+		.uidvalidity = f->uidvalidity, .server_name = f->server_name, .name = op->name,
+		.mtime = op->mtime, .data = op->data, .len = op->len,
+	};
+	if (!local)
+		return STORE_ERR_IO;
+	if ((err = record(s, &e)) != STORE_OK)
+		return err;
+	struct cache_msg m = {
+		.folder_id = op->folder_id,
+		.uid = local,
+		.name = op->name,
+		.size = op->len,
+		.mtime = op->mtime ? op->mtime : (int64_t)time(NULL),
+		.flags = (char *)"\\Seen",
+	};
+	if (cache_msg_put(s->cache, &m, NULL, &name) < 0) {
+		m.name = NULL;
+		if (cache_msg_put(s->cache, &m, op->name, &name) < 0) {
+			/* The journal has it: the replay brings it back. */
+			log_warn("%s: kept in the journal, not shown until it reaches the server",
+				 op->name);
+			return STORE_OK;
+		}
+	}
+	cache_body_store(s->cache, op->folder_id, local, op->data, op->len);
+	cache_msg_set_pinned(s->cache, op->folder_id, local, true);
+	imap_store_emit_entry(s, op->folder_id, name ? name : op->name);
+	free(name);
+	return STORE_OK;
+}
+
+static enum store_error apply_mkdir(struct istore *s, struct op *op)
+{
+	char *server = imap_ops_child_server_name(s, op->folder_id, op->name);
+	struct journal_entry e = { .kind = JOURNAL_MKDIR, .server_name = server, .name = op->name };
+	enum store_error err;
+	int64_t id;
+
+	if (!server)
+		return STORE_ERR_PERM;
+	err = record(s, &e);
+	if (err == STORE_OK &&
+	    cache_folder_put(s->cache, op->folder_id, op->name, server, 0, &id) == 0) {
+		imap_store_emit_entry(s, op->folder_id, op->name);
+		pthread_mutex_lock(&s->eng.lock);
+		struct fstate *fs = imap_store_fstate(s, id);
+		if (fs)
+			fs->ready = true; /* new and empty */
+		pthread_mutex_unlock(&s->eng.lock);
+	}
+	free(server);
+	return err;
+}
+
+static enum store_error apply_rmdir(struct istore *s, struct cache_folder *f)
+{
+	struct journal_entry e = { .kind = JOURNAL_RMDIR, .folder_id = f->id,
+				   .server_name = f->server_name };
+	enum store_error err = record(s, &e);
+
+	if (err == STORE_OK) {
+		cache_folder_delete(s->cache, f->id);
+		imap_store_emit_entry(s, f->parent_id, f->name);
+		imap_store_view_changed(s);
+	}
+	return err;
+}
+
+static enum store_error apply_rename(struct istore *s, struct op *op, struct cache_folder *f)
+{
+	char *server;
+	enum store_error err;
+
+	if (!strcasecmp(f->server_name, "INBOX"))
+		return STORE_ERR_PERM;
+	server = imap_ops_child_server_name(s, op->to_folder_id, op->name);
+	if (!server)
+		return STORE_ERR_PERM;
+	struct journal_entry e = { .kind = JOURNAL_RENAME, .folder_id = f->id,
+				   .server_name = f->server_name, .to_server_name = server,
+				   .name = op->name };
+	err = record(s, &e);
+	if (err == STORE_OK &&
+	    cache_folder_rename(s->cache, f->id, op->to_folder_id, op->name, server, s->delim) == 0) {
+		imap_store_emit_entry(s, f->parent_id, f->name);
+		imap_store_emit_entry(s, op->to_folder_id, op->name);
+		imap_store_view_changed(s);
+	}
+	free(server);
+	return err;
+}
+
+enum store_error imap_journal_apply(struct istore *s, struct op *op)
+{
+	struct cache_folder f;
+	enum store_error err;
+
+	if (op->kind == OP_MKDIR)
+		return apply_mkdir(s, op);
+	if (cache_folder_get(s->cache, op->folder_id, &f) < 0)
+		return STORE_ERR_NOTFOUND;
+	switch (op->kind) {
+	case OP_REMOVE:
+		if (s->delete_trash && s->trash_id && s->trash_id != op->folder_id) {
+			struct cache_msg m;
+			struct op mv = { .kind = OP_MOVE, .folder_id = op->folder_id, .uid = op->uid,
+					 .to_folder_id = s->trash_id };
+
+			if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0) {
+				err = STORE_ERR_NOTFOUND;
+				break;
+			}
+			mv.name = m.name;
+			err = apply_move(s, &mv, &f);
+			cache_msg_clear(&m);
+			break;
+		}
+		err = apply_remove(s, op, &f);
+		break;
+	case OP_FLAGS:
+		err = apply_flags(s, op, &f);
+		break;
+	case OP_MOVE:
+		err = apply_move(s, op, &f);
+		break;
+	case OP_APPEND:
+		err = apply_append(s, op, &f);
+		break;
+	case OP_RMDIR:
+		err = apply_rmdir(s, &f);
+		break;
+	case OP_RENAME:
+		err = apply_rename(s, op, &f);
+		break;
+	default:
+		err = STORE_ERR_IO;
+		break;
+	}
+	cache_folder_clear(&f);
+	if (err == STORE_OK)
+		log_info("offline: %s recorded in the journal (%u pending)",
+			 op->kind == OP_REMOVE ? "rm" : op->kind == OP_MOVE ? "mv" :
+			 op->kind == OP_APPEND ? "new message" : op->kind == OP_FLAGS ? "flags" :
+			 op->kind == OP_RMDIR ? "rmdir" : op->kind == OP_RENAME ? "rename" : "change",
+			 journal_count(s->journal));
+	return err;
+}
+
+/* Fault injection for the tests (as in pop3-store.h): with
+ * MAILFS_TEST_CRASH_AT=journal_after_append the daemon kills itself once
+ * an APPEND has been confirmed, before its local UID is replaced; with
+ * journal_after_step, once any entry is done, before the journal forgets it. */
+static void crash_point(const char *where)
+{
+	const char *at = getenv("MAILFS_TEST_CRASH_AT");
+
+	if (at && !strcmp(at, where)) {
+		log_info("MAILFS_TEST_CRASH_AT=%s: killing the daemon", where);
+		raise(SIGKILL);
+	}
+}
+
+/* ---- replay ---- */
+
+static void queue_sync(struct istore *s, int64_t folder_id)
+{
+	pthread_mutex_lock(&s->eng.lock);
+	imap_store_queue_sync(s, folder_id, false);
+	pthread_mutex_unlock(&s->eng.lock);
+}
+
+/* Outcome of one entry: done (remove it), give up (remove it, warned),
+ * or stop (the connection failed: keep it and everything after). */
+enum step { STEP_DONE, STEP_STOP };
+
+static enum step failed(struct worker *w, enum store_error e)
+{
+	return e == STORE_ERR_IO && !imap_client_alive(w->client) ? STEP_STOP : STEP_DONE;
+}
+
+/* SELECT a folder by its server name; *uidvalidity_r from the answer. */
+static enum store_error select_name(struct worker *w, const char *server_name,
+				    uint32_t *uidvalidity_r)
+{
+	struct examine_ctx e = { 0 };
+	char *q = imap_quote(server_name);
+	int r;
+
+	if (!q)
+		return STORE_ERR_IO;
+	w->selected = 0;
+	w->selected_rw = false;
+	r = imap_client_run(w->client, imap_sync_on_examine, &e, "SELECT %s", q);
+	free(q);
+	*uidvalidity_r = e.uidvalidity;
+	return imap_ops_outcome(w, r, "select");
+}
+
+/* Open the entry's folder; STEP_DONE with *ok false when the entry cannot
+ * apply any more (folder gone, UIDVALIDITY changed). */
+static enum step open_folder(struct worker *w, const struct journal_entry *e, bool *ok)
+{
+	uint32_t v = 0;
+	enum store_error err = select_name(w, e->server_name, &v);
+
+	*ok = false;
+	if (err != STORE_OK) {
+		if (failed(w, err) == STEP_STOP)
+			return STEP_STOP;
+		log_warn("journal: %s is gone on the server; a change made offline there is dropped",
+			 e->server_name);
+		return STEP_DONE;
+	}
+	if (e->uidvalidity && v != e->uidvalidity) {
+		log_warn("journal: %s was rebuilt on the server (UIDVALIDITY); a change made "
+			 "offline there is dropped", e->server_name);
+		return STEP_DONE;
+	}
+	*ok = true;
+	return STEP_DONE;
+}
+
+/* A local UID became the server's: the cache row, later entries and the
+ * kernel's inode follow. */
+static void renumber(struct istore *s, int64_t folder_id, uint32_t local, uint32_t uid)
+{
+	struct cache_msg there;
+
+	if (local == uid)
+		return;
+	journal_renumber(s->journal, folder_id, local, folder_id, uid);
+	if (cache_msg_get(s->cache, folder_id, local, &there) < 0)
+		return; /* renumbered already, before a crash */
+	cache_msg_clear(&there);
+	/* A sync may have listed it already, under a name of its own. */
+	if (cache_msg_get(s->cache, folder_id, uid, &there) == 0) {
+		cache_msg_delete(s->cache, folder_id, uid);
+		imap_store_emit_entry(s, folder_id, there.name);
+		cache_msg_clear(&there);
+	}
+	if (cache_msg_move(s->cache, folder_id, local, folder_id, uid, NULL) == 0) {
+		cache_msg_set_pinned(s->cache, folder_id, uid, false);
+		if (s->ev.message_moved)
+			s->ev.message_moved(s->ev.ctx, folder_id, local, folder_id, uid);
+	}
+}
+
+/* Forget a local message whose change did not reach the server. */
+static void drop_local(struct istore *s, int64_t folder_id, uint32_t uid)
+{
+	struct cache_msg m;
+
+	if (cache_msg_get(s->cache, folder_id, uid, &m) == 0) {
+		cache_msg_delete(s->cache, folder_id, uid);
+		imap_store_emit_entry(s, folder_id, m.name);
+		cache_msg_clear(&m);
+	}
+}
+
+static enum step replay_remove(struct worker *w, const struct journal_entry *e)
+{
+	enum store_error err;
+	bool ok;
+
+	if (journal_uid_is_local(e->uid))
+		return STEP_DONE; /* its arrival never reached the server */
+	if (open_folder(w, e, &ok) == STEP_STOP)
+		return STEP_STOP;
+	if (!ok)
+		return STEP_DONE;
+	err = imap_ops_expunge_one(w, e->uid);
+	if (err != STORE_OK && failed(w, err) == STEP_DONE)
+		log_warn("journal: the server refused to expunge UID %u in %s: %s", e->uid,
+			 e->server_name, imap_client_text(w->client));
+	return err == STORE_OK ? STEP_DONE : failed(w, err);
+}
+
+static enum step replay_flags(struct worker *w, const struct journal_entry *e)
+{
+	enum store_error err;
+	char *clean;
+	bool ok;
+	int r;
+
+	if (journal_uid_is_local(e->uid))
+		return STEP_DONE;
+	if (open_folder(w, e, &ok) == STEP_STOP)
+		return STEP_STOP;
+	if (!ok)
+		return STEP_DONE;
+	clean = imap_ops_storable_flags(e->flags);
+	if (!clean)
+		return STEP_STOP;
+	r = imap_client_run(w->client, NULL, NULL, "UID STORE %u FLAGS (%s)", e->uid, clean);
+	free(clean);
+	err = imap_ops_outcome(w, r, "store flags");
+	return err == STORE_OK ? STEP_DONE : failed(w, err);
+}
+
+static enum step replay_move(struct worker *w, const struct journal_entry *e)
+{
+	struct istore *s = w->s;
+	struct moved_ctx mc = { "" };
+	struct cache_folder t;
+	enum store_error err;
+	uint32_t dst_validity = 0, newuid;
+	bool ok;
+
+	if (!journal_uid_is_local(e->to_uid))
+		return STEP_DONE; /* renumbered: it reached the server before a crash */
+	if (journal_uid_is_local(e->uid)) {
+		/* It never reached the server: nothing to move. */
+		drop_local(s, e->to_folder_id, e->to_uid);
+		return STEP_DONE;
+	}
+	if (open_folder(w, e, &ok) == STEP_STOP)
+		return STEP_STOP;
+	if (!ok) {
+		drop_local(s, e->to_folder_id, e->to_uid);
+		queue_sync(s, e->to_folder_id);
+		return STEP_DONE;
+	}
+	err = imap_ops_move_uid(w, e->uid, e->to_server_name, &mc);
+	if (err != STORE_OK) {
+		if (failed(w, err) == STEP_STOP)
+			return STEP_STOP;
+		/* Refused (the destination is gone): back where it was. */
+		log_warn("journal: the server refused to move UID %u from %s to %s; it stays in %s",
+			 e->uid, e->server_name, e->to_server_name, e->server_name);
+		if (cache_msg_move(s->cache, e->to_folder_id, e->to_uid, e->folder_id, e->uid,
+				   NULL) == 0) {
+			if (s->ev.message_moved)
+				s->ev.message_moved(s->ev.ctx, e->to_folder_id, e->to_uid,
+						    e->folder_id, e->uid);
+			imap_store_emit_entry(s, e->folder_id, e->name);
+		} else {
+			drop_local(s, e->to_folder_id, e->to_uid);
+		}
+		imap_store_emit_entry(s, e->to_folder_id, e->name);
+		return STEP_DONE;
+	}
+	imap_store_view_changed(s);
+	if (cache_folder_get(s->cache, e->to_folder_id, &t) == 0) {
+		dst_validity = t.uidvalidity;
+		cache_folder_clear(&t);
+	}
+	newuid = imap_ops_copyuid_dst(mc.args, dst_validity);
+	if (newuid) {
+		renumber(s, e->to_folder_id, e->to_uid, newuid);
+	} else {
+		/* Already moved (a replay cut short), or no COPYUID: the
+		 * destination's sync lists it. */
+		drop_local(s, e->to_folder_id, e->to_uid);
+		queue_sync(s, e->to_folder_id);
+	}
+	return STEP_DONE;
+}
+
+/* The Message-ID header's value in a message, or NULL. */
+static char *message_id_of(const char *data, size_t len)
+{
+	const char *p = data, *end = data + len;
+
+	while (p < end) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		size_t n = (size_t)((eol ? eol : end) - p);
+
+		if (n == 0 || (n == 1 && p[0] == '\r'))
+			break; /* end of the header */
+		if (n > 11 && !strncasecmp(p, "Message-ID:", 11)) {
+			const char *v = p + 11, *e = p + n;
+
+			while (v < e && (*v == ' ' || *v == '\t'))
+				v++;
+			while (e > v && (e[-1] == '\r' || e[-1] == ' '))
+				e--;
+			if (e > v && !memchr(v, '"', (size_t)(e - v)) && !memchr(v, '\\', (size_t)(e - v)))
+				return strndup(v, (size_t)(e - v));
+			return NULL;
+		}
+		p = eol ? eol + 1 : end;
+	}
+	return NULL;
+}
+
+/* Keep a refused message where the user can find it. */
+static void keep_unsent(struct istore *s, const struct journal_entry *e)
+{
+	char *path = NULL;
+	int fd;
+
+	if (!s->cache_dir)
+		return;
+	if (asprintf(&path, "%s/unsent", s->cache_dir) >= 0)
+		mkdir(path, 0700);
+	free(path);
+	if (asprintf(&path, "%s/unsent/%lld-%s", s->cache_dir, (long long)e->seq,
+		     e->name ? e->name : "message.eml") < 0)
+		return;
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd >= 0) {
+		size_t off = 0;
+
+		while (off < e->len) {
+			ssize_t n = write(fd, (const char *)e->data + off, e->len - off);
+
+			if (n <= 0)
+				break;
+			off += (size_t)n;
+		}
+		fsync(fd);
+		close(fd);
+		log_warn("journal: the server refused a message written offline to %s; "
+			 "it is kept in %s", e->server_name, path);
+	}
+	free(path);
+}
+
+struct search_ctx {
+	uint32_t uid;
+};
+
+static void on_search(void *ctx, const struct imap_response *r)
+{
+	struct search_ctx *sc = ctx;
+	uint64_t n;
+
+	if (r->args_count >= 2 && imap_arg_atom_is(&r->args[0], "SEARCH") &&
+	    imap_arg_number(&r->args[r->args_count - 1], &n) && n <= UINT32_MAX)
+		sc->uid = (uint32_t)n;
+}
+
+static enum step replay_append(struct worker *w, const struct journal_entry *e)
+{
+	struct istore *s = w->s;
+	struct search_ctx sc = { 0 };
+	char *prefix, *mid = NULL;
+	uint32_t v = 0, uid = 0;
+	enum store_error err;
+	int tag, r;
+
+	if (!journal_uid_is_local(e->uid))
+		return STEP_DONE; /* renumbered: it reached the server before a crash */
+	err = select_name(w, e->server_name, &v);
+	if (err != STORE_OK && failed(w, err) == STEP_STOP)
+		return STEP_STOP;
+	if (err == STORE_OK && e->attempted && (mid = message_id_of(e->data, e->len))) {
+		/* Sent before a crash or a cut? Then it is there already. */
+		char *qm = imap_quote(mid);
+
+		r = qm ? imap_client_run(w->client, on_search, &sc, "UID SEARCH HEADER Message-ID %s",
+					 qm) : -EINVAL;
+		free(qm);
+		if (r < 0 && !imap_client_alive(w->client)) {
+			free(mid);
+			return STEP_STOP;
+		}
+	}
+	free(mid);
+	if (sc.uid) {
+		uid = sc.uid;
+	} else {
+		prefix = imap_ops_append_prefix(e->server_name, e->mtime);
+		if (!prefix)
+			return STEP_STOP;
+		journal_set_attempted(s->journal, e->seq);
+		tag = imap_client_send_literal(w->client, prefix, e->data, e->len, NULL);
+		free(prefix);
+		r = tag < 0 ? tag : imap_client_wait(w->client, tag, NULL, NULL);
+		err = imap_ops_outcome(w, r, "append");
+		if (err != STORE_OK) {
+			if (failed(w, err) == STEP_STOP)
+				return STEP_STOP;
+			keep_unsent(s, e);
+			drop_local(s, e->folder_id, e->uid);
+			return STEP_DONE;
+		}
+		unsigned long vv, u;
+		char tail;
+
+		crash_point("journal_after_append");
+
+		if (!strcasecmp(imap_client_code(w->client), "APPENDUID") &&
+		    sscanf(imap_client_code_args(w->client), "%lu %lu%c", &vv, &u, &tail) == 2 &&
+		    u > 0 && u <= UINT32_MAX && (!v || vv == v))
+			uid = (uint32_t)u;
+	}
+	imap_store_view_changed(s);
+	if (uid) {
+		renumber(s, e->folder_id, e->uid, uid);
+	} else {
+		drop_local(s, e->folder_id, e->uid);
+		queue_sync(s, e->folder_id);
+	}
+	return STEP_DONE;
+}
+
+static enum step replay_folder(struct worker *w, const struct journal_entry *e)
+{
+	char *q = imap_quote(e->server_name), *qn = NULL;
+	const char *code;
+	enum store_error err;
+	int r = -EINVAL;
+
+	imap_ops_unselect(w);
+	if (e->kind == JOURNAL_RENAME)
+		qn = imap_quote(e->to_server_name);
+	if (q && e->kind == JOURNAL_MKDIR)
+		r = imap_client_run(w->client, NULL, NULL, "CREATE %s", q);
+	else if (q && e->kind == JOURNAL_RMDIR)
+		r = imap_client_run(w->client, NULL, NULL, "DELETE %s", q);
+	else if (q && qn)
+		r = imap_client_run(w->client, NULL, NULL, "RENAME %s %s", q, qn);
+	err = imap_ops_outcome(w, r, "folder change");
+	code = imap_client_code(w->client);
+	if (err == STORE_OK) {
+		if (e->kind == JOURNAL_MKDIR)
+			imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", q);
+		else if (e->kind == JOURNAL_RENAME)
+			imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", qn);
+	} else if (failed(w, err) == STEP_DONE &&
+		   !(e->kind == JOURNAL_MKDIR && !strcasecmp(code, "ALREADYEXISTS")) &&
+		   !(e->kind == JOURNAL_RMDIR && !strcasecmp(code, "NONEXISTENT"))) {
+		log_warn("journal: the server refused to %s %s: %s (the next listing shows "
+			 "its folders as they are)",
+			 e->kind == JOURNAL_MKDIR ? "create" : e->kind == JOURNAL_RMDIR ? "delete" :
+			 "rename", e->server_name, imap_client_text(w->client));
+	}
+	free(q);
+	free(qn);
+	imap_store_view_changed(w->s);
+	return err == STORE_OK ? STEP_DONE : failed(w, err);
+}
+
+int imap_journal_replay(struct worker *w)
+{
+	struct istore *s = w->s;
+	struct journal_entry e;
+	unsigned done = 0;
+	int ret = 0;
+
+	if (!s->journal || journal_count(s->journal) == 0)
+		return 0;
+	pthread_mutex_lock(&s->replay_lock);
+	while (journal_first(s->journal, &e) == 0) {
+		enum step st;
+
+		if (!w->client || !imap_client_alive(w->client)) {
+			journal_entry_clear(&e);
+			ret = -EIO;
+			break;
+		}
+		switch (e.kind) {
+		case JOURNAL_REMOVE:
+			st = replay_remove(w, &e);
+			break;
+		case JOURNAL_FLAGS:
+			st = replay_flags(w, &e);
+			break;
+		case JOURNAL_MOVE:
+			st = replay_move(w, &e);
+			break;
+		case JOURNAL_APPEND:
+			st = replay_append(w, &e);
+			break;
+		default:
+			st = replay_folder(w, &e);
+			break;
+		}
+		if (st == STEP_STOP) {
+			journal_entry_clear(&e);
+			ret = -EIO;
+			break;
+		}
+		crash_point("journal_after_step");
+		journal_done(s->journal, e.seq);
+		journal_entry_clear(&e);
+		done++;
+	}
+	pthread_mutex_unlock(&s->replay_lock);
+	/* Which folder is selected was the replay's business. */
+	w->selected = 0;
+	w->selected_rw = false;
+	if (done)
+		log_info("journal: %u change%s made offline replayed%s", done, done == 1 ? "" : "s",
+			 ret < 0 ? "; the rest waits for the connection" : "");
+	return ret;
+}
