@@ -36,7 +36,9 @@ static const char journal_schema[] =
 	" flags TEXT,"
 	" mtime INTEGER NOT NULL DEFAULT 0,"
 	" data BLOB,"
-	" attempted INTEGER NOT NULL DEFAULT 0)";
+	" attempted INTEGER NOT NULL DEFAULT 0,"
+	" hint INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE IF NOT EXISTS journal_meta (key TEXT PRIMARY KEY, value INTEGER)";
 
 static int journal_failed(struct journal *j, int rc)
 {
@@ -130,38 +132,107 @@ static int journal_step_done(struct journal *j, sqlite3_stmt *st)
 	return sqlite3_changes(j->db);
 }
 
-int journal_add(struct journal *j, struct journal_entry *e)
+static int journal_insert(struct journal *j, struct journal_entry *e)
 {
 	sqlite3_stmt *st;
 	int ret;
 
-	pthread_mutex_lock(&j->lock);
 	ret = journal_run(j, "INSERT INTO journal (kind, folder_id, uid, uidvalidity, to_folder_id,"
-			     " to_uid, server_name, to_server_name, name, flags, mtime, data, attempted)"
-			     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)", &st);
-	if (ret == 0) {
-		sqlite3_bind_int(st, 1, (int)e->kind);
-		sqlite3_bind_int64(st, 2, e->folder_id);
-		sqlite3_bind_int64(st, 3, e->uid);
-		sqlite3_bind_int64(st, 4, e->uidvalidity);
-		sqlite3_bind_int64(st, 5, e->to_folder_id);
-		sqlite3_bind_int64(st, 6, e->to_uid);
-		bind_text(st, 7, e->server_name);
-		bind_text(st, 8, e->to_server_name);
-		bind_text(st, 9, e->name);
-		bind_text(st, 10, e->flags);
-		sqlite3_bind_int64(st, 11, e->mtime);
-		if (e->data)
-			sqlite3_bind_blob64(st, 12, e->data, e->len, SQLITE_STATIC);
-		else
-			sqlite3_bind_null(st, 12);
-		sqlite3_bind_int(st, 13, e->attempted);
-		ret = journal_step_done(j, st);
-		if (ret >= 0) {
-			e->seq = sqlite3_last_insert_rowid(j->db);
-			ret = 0;
-		}
+			     " to_uid, server_name, to_server_name, name, flags, mtime, data, attempted,"
+			     " hint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+			  &st);
+	if (ret < 0)
+		return ret;
+	sqlite3_bind_int(st, 1, (int)e->kind);
+	sqlite3_bind_int64(st, 2, e->folder_id);
+	sqlite3_bind_int64(st, 3, e->uid);
+	sqlite3_bind_int64(st, 4, e->uidvalidity);
+	sqlite3_bind_int64(st, 5, e->to_folder_id);
+	sqlite3_bind_int64(st, 6, e->to_uid);
+	bind_text(st, 7, e->server_name);
+	bind_text(st, 8, e->to_server_name);
+	bind_text(st, 9, e->name);
+	bind_text(st, 10, e->flags);
+	sqlite3_bind_int64(st, 11, e->mtime);
+	if (e->data)
+		sqlite3_bind_blob64(st, 12, e->data, e->len, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, 12);
+	sqlite3_bind_int(st, 13, e->attempted);
+	sqlite3_bind_int64(st, 14, e->hint);
+	ret = journal_step_done(j, st);
+	if (ret >= 0) {
+		e->seq = sqlite3_last_insert_rowid(j->db);
+		ret = 0;
 	}
+	return ret;
+}
+
+int journal_add(struct journal *j, struct journal_entry *e)
+{
+	int ret;
+
+	pthread_mutex_lock(&j->lock);
+	ret = journal_insert(j, e);
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+/* The counter of local UIDs: never goes back, so a local UID (and the
+ * inode the kernel knows it by) is never given to two messages. */
+static int64_t journal_counter(struct journal *j)
+{
+	sqlite3_stmt *st;
+	int64_t v = 0;
+
+	if (journal_run(j, "SELECT value FROM journal_meta WHERE key = 'next_local'", &st) == 0) {
+		if (sqlite3_step(st) == SQLITE_ROW)
+			v = sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
+	}
+	return v;
+}
+
+int journal_add_local(struct journal *j, struct journal_entry *e, uint32_t above)
+{
+	sqlite3_stmt *st;
+	int64_t next;
+	int ret;
+
+	pthread_mutex_lock(&j->lock);
+	ret = journal_exec(j, "BEGIN IMMEDIATE");
+	if (ret < 0)
+		goto out;
+	next = journal_counter(j);
+	if (next < (int64_t)above + 1)
+		next = (int64_t)above + 1;
+	if (next < JOURNAL_LOCAL_UID)
+		next = JOURNAL_LOCAL_UID;
+	if (next > UINT32_MAX) {
+		ret = -EOVERFLOW;
+		goto rollback;
+	}
+	if (e->kind == JOURNAL_MOVE)
+		e->to_uid = (uint32_t)next;
+	else
+		e->uid = (uint32_t)next;
+	ret = journal_run(j, "INSERT INTO journal_meta (key, value) VALUES ('next_local', ?1)"
+			     " ON CONFLICT (key) DO UPDATE SET value = excluded.value", &st);
+	if (ret < 0)
+		goto rollback;
+	sqlite3_bind_int64(st, 1, next + 1);
+	ret = journal_step_done(j, st);
+	if (ret < 0)
+		goto rollback;
+	ret = journal_insert(j, e);
+	if (ret < 0)
+		goto rollback;
+	ret = journal_exec(j, "COMMIT");
+	if (ret == 0)
+		goto out;
+rollback:
+	sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+out:
 	pthread_mutex_unlock(&j->lock);
 	return ret;
 }
@@ -181,7 +252,7 @@ int journal_first(struct journal *j, struct journal_entry *e)
 	memset(e, 0, sizeof(*e));
 	pthread_mutex_lock(&j->lock);
 	ret = journal_run(j, "SELECT seq, kind, folder_id, uid, uidvalidity, to_folder_id, to_uid,"
-			     " server_name, to_server_name, name, flags, mtime, data, attempted"
+			     " server_name, to_server_name, name, flags, mtime, data, attempted, hint"
 			     " FROM journal ORDER BY seq LIMIT 1", &st);
 	if (ret == 0) {
 		rc = sqlite3_step(st);
@@ -210,6 +281,7 @@ int journal_first(struct journal *j, struct journal_entry *e)
 					ret = -ENOMEM;
 			}
 			e->attempted = sqlite3_column_int(st, 13) != 0;
+			e->hint = (uint32_t)sqlite3_column_int64(st, 14);
 		} else if (rc == SQLITE_DONE) {
 			ret = -ENOENT;
 		} else {
@@ -223,14 +295,13 @@ int journal_first(struct journal *j, struct journal_entry *e)
 	return ret;
 }
 
-static int journal_update(struct journal *j, const char *sql, int64_t a, int64_t b, int64_t c,
-			  int64_t d, int64_t e)
+/* Run an UPDATE/DELETE with up to five integer parameters; lock held. */
+static int journal_update_locked(struct journal *j, const char *sql, int64_t a, int64_t b,
+				 int64_t c, int64_t d, int64_t e)
 {
 	sqlite3_stmt *st;
-	int ret;
+	int ret = journal_run(j, sql, &st);
 
-	pthread_mutex_lock(&j->lock);
-	ret = journal_run(j, sql, &st);
 	if (ret == 0) {
 		int n = sqlite3_bind_parameter_count(st);
 		int64_t v[5] = { a, b, c, d, e };
@@ -239,8 +310,18 @@ static int journal_update(struct journal *j, const char *sql, int64_t a, int64_t
 			sqlite3_bind_int64(st, i + 1, v[i]);
 		ret = journal_step_done(j, st);
 	}
-	pthread_mutex_unlock(&j->lock);
 	return ret < 0 ? ret : 0;
+}
+
+static int journal_update(struct journal *j, const char *sql, int64_t a, int64_t b, int64_t c,
+			  int64_t d, int64_t e)
+{
+	int ret;
+
+	pthread_mutex_lock(&j->lock);
+	ret = journal_update_locked(j, sql, a, b, c, d, e);
+	pthread_mutex_unlock(&j->lock);
+	return ret;
 }
 
 int journal_done(struct journal *j, int64_t seq)
@@ -248,9 +329,10 @@ int journal_done(struct journal *j, int64_t seq)
 	return journal_update(j, "DELETE FROM journal WHERE seq = ?1", seq, 0, 0, 0, 0);
 }
 
-int journal_set_attempted(struct journal *j, int64_t seq)
+int journal_set_attempted(struct journal *j, int64_t seq, uint32_t hint)
 {
-	return journal_update(j, "UPDATE journal SET attempted = 1 WHERE seq = ?1", seq, 0, 0, 0, 0);
+	return journal_update(j, "UPDATE journal SET attempted = 1, hint = ?2 WHERE seq = ?1", seq,
+			      hint, 0, 0, 0);
 }
 
 int journal_renumber(struct journal *j, int64_t folder_id, uint32_t uid, int64_t to_folder_id,
@@ -258,15 +340,23 @@ int journal_renumber(struct journal *j, int64_t folder_id, uint32_t uid, int64_t
 {
 	int ret;
 
-	/* Both ends: a later move names the message as its source, and a
-	 * pending move's destination may be renumbered in turn. */
-	ret = journal_update(j, "UPDATE journal SET folder_id = ?3, uid = ?4"
-				" WHERE folder_id = ?1 AND uid = ?2 AND kind <> ?5",
-			     folder_id, uid, to_folder_id, to_uid, JOURNAL_MKDIR);
+	/* Both ends, in one transaction: a later move names the message as
+	 * its source, and a pending move's destination may be renumbered. */
+	pthread_mutex_lock(&j->lock);
+	ret = journal_exec(j, "BEGIN IMMEDIATE");
 	if (ret == 0)
-		ret = journal_update(j, "UPDATE journal SET to_folder_id = ?3, to_uid = ?4"
-					" WHERE to_folder_id = ?1 AND to_uid = ?2",
-				     folder_id, uid, to_folder_id, to_uid, 0);
+		ret = journal_update_locked(j, "UPDATE journal SET folder_id = ?3, uid = ?4"
+					       " WHERE folder_id = ?1 AND uid = ?2 AND kind <> ?5",
+					    folder_id, uid, to_folder_id, to_uid, JOURNAL_MKDIR);
+	if (ret == 0)
+		ret = journal_update_locked(j, "UPDATE journal SET to_folder_id = ?3, to_uid = ?4"
+					       " WHERE to_folder_id = ?1 AND to_uid = ?2",
+					    folder_id, uid, to_folder_id, to_uid, 0);
+	if (ret == 0)
+		ret = journal_exec(j, "COMMIT");
+	if (ret < 0)
+		sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+	pthread_mutex_unlock(&j->lock);
 	return ret;
 }
 
@@ -283,27 +373,6 @@ unsigned journal_count(struct journal *j)
 	}
 	pthread_mutex_unlock(&j->lock);
 	return n;
-}
-
-uint32_t journal_next_local_uid(struct journal *j, int64_t folder_id, uint32_t above)
-{
-	sqlite3_stmt *st;
-	int64_t max = above;
-
-	pthread_mutex_lock(&j->lock);
-	if (journal_run(j, "SELECT MAX(uid) FROM (SELECT uid FROM journal WHERE folder_id = ?1"
-			   " UNION ALL SELECT to_uid FROM journal WHERE to_folder_id = ?1)",
-			&st) == 0) {
-		sqlite3_bind_int64(st, 1, folder_id);
-		if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
-		    sqlite3_column_int64(st, 0) > max)
-			max = sqlite3_column_int64(st, 0);
-		sqlite3_finalize(st);
-	}
-	pthread_mutex_unlock(&j->lock);
-	if (max < JOURNAL_LOCAL_UID)
-		return JOURNAL_LOCAL_UID;
-	return max < UINT32_MAX ? (uint32_t)max + 1 : 0;
 }
 
 void journal_entry_clear(struct journal_entry *e)

@@ -55,6 +55,8 @@ struct journal_entry {
 	void *data;           /* APPEND: the message, CRLF line ends */
 	size_t len;
 	bool attempted;       /* sent once already: check before resending */
+	uint32_t hint;        /* with attempted: the target's UIDNEXT before the
+			       * send, so a check looks only at newer UIDs */
 };
 
 struct journal;
@@ -65,22 +67,24 @@ void journal_close(struct journal **j);
 
 /* Append e (its seq is set).  Durable when it returns 0. */
 int journal_add(struct journal *j, struct journal_entry *e);
+/* The same for a message that arrives in a folder offline (APPEND: e->uid,
+ * MOVE: e->to_uid): gives it a local UID above `above` (the highest local
+ * UID the cache holds) that no message has had before, in the same
+ * transaction as the entry, so concurrent callers never share one. */
+int journal_add_local(struct journal *j, struct journal_entry *e, uint32_t above);
 /* The oldest entry: 0, -ENOENT when the journal is empty, or -errno. */
 int journal_first(struct journal *j, struct journal_entry *e_r);
 /* Remove an entry once replayed (or given up). */
 int journal_done(struct journal *j, int64_t seq);
-/* Record, durably, that the entry's command is about to be sent. */
-int journal_set_attempted(struct journal *j, int64_t seq);
+/* Record, durably, that the entry's command is about to be sent, and the
+ * target folder's UIDNEXT before it (0: unknown). */
+int journal_set_attempted(struct journal *j, int64_t seq, uint32_t hint);
 /* Later entries that name (folder_id, uid) name (to_folder_id, to_uid)
  * instead: a local UID became the server's, or a message moved. */
 int journal_renumber(struct journal *j, int64_t folder_id, uint32_t uid,
 		     int64_t to_folder_id, uint32_t to_uid);
 /* How many entries wait. */
 unsigned journal_count(struct journal *j);
-/* A local UID for a new message of folder_id not used by any entry, above
- * `above` (the folder's highest local UID in the cache). */
-uint32_t journal_next_local_uid(struct journal *j, int64_t folder_id, uint32_t above);
-
 void journal_entry_clear(struct journal_entry *e);
 
 #endif

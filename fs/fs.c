@@ -26,12 +26,24 @@
  * message's inode now.  Returns false when it was not moved. */
 static bool moved_to(struct mfs *m, fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r)
 {
-	fuse_ino_t to = 0;
+	fuse_ino_t to = 0, at = ino;
 
 	pthread_mutex_lock(&m->lock);
-	for (unsigned i = 0; i < MOVED_MAX && !to; i++)
-		if (m->moved[i].from == ino)
-			to = m->moved[i].to;
+	/* Newest first, and along a chain (moved, then renumbered by the
+	 * journal's replay, then moved again), a few hops at most. */
+	for (int hop = 0; hop < 4; hop++) {
+		fuse_ino_t next = 0;
+
+		for (unsigned k = 1; k <= MOVED_MAX && !next; k++) {
+			unsigned i = (m->moved_next + MOVED_MAX - k) % MOVED_MAX;
+
+			if (m->moved[i].from == at)
+				next = m->moved[i].to;
+		}
+		if (!next || next == at)
+			break;
+		to = at = next;
+	}
 	pthread_mutex_unlock(&m->lock);
 	if (!to)
 		return false;

@@ -53,6 +53,18 @@ static enum store_error record(struct istore *s, struct journal_entry *e)
 	return STORE_OK;
 }
 
+/* The same for a message arriving in folder_id: it gets its local UID. */
+static enum store_error record_local(struct istore *s, struct journal_entry *e, int64_t folder_id)
+{
+	int r = journal_add_local(s->journal, e, highest_local(s, folder_id));
+
+	if (r < 0) {
+		log_warn("cannot record the change in the journal: %s", strerror(-r));
+		return r == -ENOSPC ? STORE_ERR_QUOTA : STORE_ERR_IO;
+	}
+	return STORE_OK;
+}
+
 static enum store_error apply_remove(struct istore *s, struct op *op, struct cache_folder *f)
 {
 	struct cache_msg m;
@@ -91,7 +103,8 @@ static enum store_error apply_flags(struct istore *s, struct op *op, struct cach
 	return err;
 }
 
-static enum store_error apply_move(struct istore *s, struct op *op, struct cache_folder *f)
+static enum store_error apply_move(struct istore *s, struct op *op, struct cache_folder *f,
+				   bool attempted)
 {
 	struct cache_folder t;
 	struct cache_msg m;
@@ -114,20 +127,15 @@ static enum store_error apply_move(struct istore *s, struct op *op, struct cache
 		err = STORE_ERR_REFUSED;
 		goto out;
 	}
-	uint32_t local = journal_next_local_uid(s->journal, op->to_folder_id,
-						highest_local(s, op->to_folder_id));
 	struct journal_entry e = {
 		.kind = JOURNAL_MOVE, .folder_id = op->folder_id, .uid = op->uid,
 		.uidvalidity = f->uidvalidity, .server_name = f->server_name,
-		.to_folder_id = op->to_folder_id, .to_uid = local, .to_server_name = t.server_name,
-		.name = op->name,
+		.to_folder_id = op->to_folder_id, .to_server_name = t.server_name,
+		.name = op->name, .attempted = attempted,
 	};
-	if (!local) {
-		err = STORE_ERR_IO;
+	if ((err = record_local(s, &e, op->to_folder_id)) != STORE_OK)
 		goto out;
-	}
-	if ((err = record(s, &e)) != STORE_OK)
-		goto out;
+	uint32_t local = e.to_uid;
 	r = cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, local, op->name);
 	if (r < 0) {
 		journal_done(s->journal, e.seq);
@@ -143,24 +151,22 @@ out:
 	return err;
 }
 
-static enum store_error apply_append(struct istore *s, struct op *op, struct cache_folder *f)
+static enum store_error apply_append(struct istore *s, struct op *op, struct cache_folder *f,
+				     bool attempted)
 {
 	enum store_error err;
 	char *name = NULL;
 
 	if (f->flags & CACHE_FOLDER_NOSELECT)
 		return STORE_ERR_PERM;
-	uint32_t local = journal_next_local_uid(s->journal, op->folder_id,
-						highest_local(s, op->folder_id));
 	struct journal_entry e = {
-		.kind = JOURNAL_APPEND, .folder_id = op->folder_id, .uid = local,
+		.kind = JOURNAL_APPEND, .folder_id = op->folder_id,
 		.uidvalidity = f->uidvalidity, .server_name = f->server_name, .name = op->name,
-		.mtime = op->mtime, .data = op->data, .len = op->len,
+		.mtime = op->mtime, .data = op->data, .len = op->len, .attempted = attempted,
 	};
-	if (!local)
-		return STORE_ERR_IO;
-	if ((err = record(s, &e)) != STORE_OK)
+	if ((err = record_local(s, &e, op->folder_id)) != STORE_OK)
 		return err;
+	uint32_t local = e.uid;
 	struct cache_msg m = {
 		.folder_id = op->folder_id,
 		.uid = local,
@@ -246,7 +252,7 @@ static enum store_error apply_rename(struct istore *s, struct op *op, struct cac
 	return err;
 }
 
-enum store_error imap_journal_apply(struct istore *s, struct op *op)
+enum store_error imap_journal_apply(struct istore *s, struct op *op, bool attempted)
 {
 	struct cache_folder f;
 	enum store_error err;
@@ -267,7 +273,7 @@ enum store_error imap_journal_apply(struct istore *s, struct op *op)
 				break;
 			}
 			mv.name = m.name;
-			err = apply_move(s, &mv, &f);
+			err = apply_move(s, &mv, &f, attempted);
 			cache_msg_clear(&m);
 			break;
 		}
@@ -277,10 +283,10 @@ enum store_error imap_journal_apply(struct istore *s, struct op *op)
 		err = apply_flags(s, op, &f);
 		break;
 	case OP_MOVE:
-		err = apply_move(s, op, &f);
+		err = apply_move(s, op, &f, attempted);
 		break;
 	case OP_APPEND:
-		err = apply_append(s, op, &f);
+		err = apply_append(s, op, &f, attempted);
 		break;
 	case OP_RMDIR:
 		err = apply_rmdir(s, &f);
@@ -302,6 +308,15 @@ enum store_error imap_journal_apply(struct istore *s, struct op *op)
 	return err;
 }
 
+/* ---- replay ---- */
+
+static void queue_sync(struct istore *s, int64_t folder_id)
+{
+	pthread_mutex_lock(&s->eng.lock);
+	imap_store_queue_sync(s, folder_id, false);
+	pthread_mutex_unlock(&s->eng.lock);
+}
+
 /* Fault injection for the tests (as in pop3-store.h): with
  * MAILFS_TEST_CRASH_AT=journal_after_append the daemon kills itself once
  * an APPEND has been confirmed, before its local UID is replaced; with
@@ -316,17 +331,9 @@ static void crash_point(const char *where)
 	}
 }
 
-/* ---- replay ---- */
-
-static void queue_sync(struct istore *s, int64_t folder_id)
-{
-	pthread_mutex_lock(&s->eng.lock);
-	imap_store_queue_sync(s, folder_id, false);
-	pthread_mutex_unlock(&s->eng.lock);
-}
-
-/* Outcome of one entry: done (remove it), give up (remove it, warned),
- * or stop (the connection failed: keep it and everything after). */
+/* Outcome of one entry: done (remove it, maybe given up with a warning),
+ * or stop (the connection failed, or nothing may be dropped: keep it and
+ * everything after). */
 enum step { STEP_DONE, STEP_STOP };
 
 static enum step failed(struct worker *w, enum store_error e)
@@ -334,40 +341,63 @@ static enum step failed(struct worker *w, enum store_error e)
 	return e == STORE_ERR_IO && !imap_client_alive(w->client) ? STEP_STOP : STEP_DONE;
 }
 
-/* SELECT a folder by its server name; *uidvalidity_r from the answer. */
+/* SELECT a folder by its server name; its UIDVALIDITY and UIDNEXT. */
 static enum store_error select_name(struct worker *w, const char *server_name,
-				    uint32_t *uidvalidity_r)
+				    struct examine_ctx *e_r)
 {
-	struct examine_ctx e = { 0 };
 	char *q = imap_quote(server_name);
 	int r;
 
+	memset(e_r, 0, sizeof(*e_r));
 	if (!q)
 		return STORE_ERR_IO;
 	w->selected = 0;
 	w->selected_rw = false;
-	r = imap_client_run(w->client, imap_sync_on_examine, &e, "SELECT %s", q);
+	r = imap_client_run(w->client, imap_sync_on_examine, e_r, "SELECT %s", q);
 	free(q);
-	*uidvalidity_r = e.uidvalidity;
 	return imap_ops_outcome(w, r, "select");
 }
 
-/* Open the entry's folder; STEP_DONE with *ok false when the entry cannot
- * apply any more (folder gone, UIDVALIDITY changed). */
-static enum step open_folder(struct worker *w, const struct journal_entry *e, bool *ok)
+/* The cache no longer matches the server for this folder (a change was
+ * given up): list it afresh at the next sync. */
+static void relist(struct istore *s, int64_t folder_id)
 {
-	uint32_t v = 0;
-	enum store_error err = select_name(w, e->server_name, &v);
+	struct cache_folder f;
+
+	if (cache_folder_get(s->cache, folder_id, &f) < 0)
+		return;
+	cache_folder_clear(&f);
+	for (uint32_t after = 0;;) {
+		struct cache_msg *msgs;
+		size_t n;
+
+		if (cache_msg_list(s->cache, folder_id, after, 1000, &msgs, &n) < 0 || n == 0)
+			break;
+		for (size_t i = 0; i < n; i++)
+			imap_store_emit_entry(s, folder_id, msgs[i].name);
+		after = msgs[n - 1].uid;
+		cache_msg_list_free(msgs, n);
+	}
+	cache_folder_reset(s->cache, folder_id);
+	queue_sync(s, folder_id);
+}
+
+/* Open the entry's folder.  *ok false: the entry cannot apply any more
+ * (folder gone, UIDVALIDITY changed), given up with a warning. */
+static enum step open_folder(struct worker *w, const struct journal_entry *e, bool *ok,
+			     struct examine_ctx *ex)
+{
+	enum store_error err = select_name(w, e->server_name, ex);
 
 	*ok = false;
 	if (err != STORE_OK) {
 		if (failed(w, err) == STEP_STOP)
 			return STEP_STOP;
-		log_warn("journal: %s is gone on the server; a change made offline there is dropped",
-			 e->server_name);
+		log_warn("journal: %s cannot be opened on the server (%s); a change made offline "
+			 "there is dropped", e->server_name, imap_client_text(w->client));
 		return STEP_DONE;
 	}
-	if (e->uidvalidity && v != e->uidvalidity) {
+	if (e->uidvalidity && ex->uidvalidity != e->uidvalidity) {
 		log_warn("journal: %s was rebuilt on the server (UIDVALIDITY); a change made "
 			 "offline there is dropped", e->server_name);
 		return STEP_DONE;
@@ -376,32 +406,33 @@ static enum step open_folder(struct worker *w, const struct journal_entry *e, bo
 	return STEP_DONE;
 }
 
-/* A local UID became the server's: the cache row, later entries and the
- * kernel's inode follow. */
-static void renumber(struct istore *s, int64_t folder_id, uint32_t local, uint32_t uid)
+/* Remember local -> server UIDs of this session: a change queued before
+ * the replay may still name the local one. */
+static void remember(struct istore *s, int64_t folder_id, uint32_t local, uint32_t uid)
 {
-	struct cache_msg there;
-
-	if (local == uid)
-		return;
-	journal_renumber(s->journal, folder_id, local, folder_id, uid);
-	if (cache_msg_get(s->cache, folder_id, local, &there) < 0)
-		return; /* renumbered already, before a crash */
-	cache_msg_clear(&there);
-	/* A sync may have listed it already, under a name of its own. */
-	if (cache_msg_get(s->cache, folder_id, uid, &there) == 0) {
-		cache_msg_delete(s->cache, folder_id, uid);
-		imap_store_emit_entry(s, folder_id, there.name);
-		cache_msg_clear(&there);
-	}
-	if (cache_msg_move(s->cache, folder_id, local, folder_id, uid, NULL) == 0) {
-		cache_msg_set_pinned(s->cache, folder_id, uid, false);
-		if (s->ev.message_moved)
-			s->ev.message_moved(s->ev.ctx, folder_id, local, folder_id, uid);
-	}
+	pthread_mutex_lock(&s->eng.lock);
+	s->renum[s->renum_next].folder_id = folder_id;
+	s->renum[s->renum_next].local = local;
+	s->renum[s->renum_next].uid = uid;
+	s->renum_next = (s->renum_next + 1) % RENUM_MAX;
+	pthread_mutex_unlock(&s->eng.lock);
 }
 
-/* Forget a local message whose change did not reach the server. */
+bool imap_journal_translate(struct istore *s, int64_t folder_id, uint32_t *uid)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&s->eng.lock);
+	for (unsigned i = 0; i < RENUM_MAX && !found; i++)
+		if (s->renum[i].local == *uid && s->renum[i].folder_id == folder_id) {
+			*uid = s->renum[i].uid;
+			found = true;
+		}
+	pthread_mutex_unlock(&s->eng.lock);
+	return found;
+}
+
+/* Forget a local message whose arrival did not reach the server. */
 static void drop_local(struct istore *s, int64_t folder_id, uint32_t uid)
 {
 	struct cache_msg m;
@@ -413,103 +444,72 @@ static void drop_local(struct istore *s, int64_t folder_id, uint32_t uid)
 	}
 }
 
-static enum step replay_remove(struct worker *w, const struct journal_entry *e)
+/* A local UID became the server's: the cache row first, then the later
+ * entries (a crash in between is seen by the next replay as "already
+ * there"), and the kernel's inode follows. */
+static void renumber(struct istore *s, int64_t folder_id, uint32_t local, uint32_t uid)
 {
-	enum store_error err;
-	bool ok;
+	struct cache_msg mine, there;
 
-	if (journal_uid_is_local(e->uid))
-		return STEP_DONE; /* its arrival never reached the server */
-	if (open_folder(w, e, &ok) == STEP_STOP)
-		return STEP_STOP;
-	if (!ok)
-		return STEP_DONE;
-	err = imap_ops_expunge_one(w, e->uid);
-	if (err != STORE_OK && failed(w, err) == STEP_DONE)
-		log_warn("journal: the server refused to expunge UID %u in %s: %s", e->uid,
-			 e->server_name, imap_client_text(w->client));
-	return err == STORE_OK ? STEP_DONE : failed(w, err);
+	if (local == uid)
+		return;
+	if (cache_msg_get(s->cache, folder_id, local, &mine) == 0) {
+		/* A sync may have listed it already, under a name of its own. */
+		if (cache_msg_get(s->cache, folder_id, uid, &there) == 0) {
+			cache_msg_delete(s->cache, folder_id, uid);
+			imap_store_emit_entry(s, folder_id, there.name);
+			cache_msg_clear(&there);
+		}
+		if (cache_msg_move(s->cache, folder_id, local, folder_id, uid, NULL) == 0) {
+			cache_msg_set_pinned(s->cache, folder_id, uid, false);
+			if (s->ev.message_moved)
+				s->ev.message_moved(s->ev.ctx, folder_id, local, folder_id, uid);
+			remember(s, folder_id, local, uid);
+		} else {
+			drop_local(s, folder_id, local);
+			queue_sync(s, folder_id);
+		}
+		/* Same name, another inode: the kernel must look it up again. */
+		imap_store_emit_entry(s, folder_id, mine.name);
+		cache_msg_clear(&mine);
+	}
+	journal_renumber(s->journal, folder_id, local, folder_id, uid);
 }
 
-static enum step replay_flags(struct worker *w, const struct journal_entry *e)
+struct search_ctx {
+	uint32_t uid;
+};
+
+static void on_search(void *ctx, const struct imap_response *r)
 {
-	enum store_error err;
-	char *clean;
-	bool ok;
+	struct search_ctx *sc = ctx;
+	uint64_t n;
+
+	if (r->args_count >= 2 && imap_arg_atom_is(&r->args[0], "SEARCH") &&
+	    imap_arg_number(&r->args[r->args_count - 1], &n) && n <= UINT32_MAX)
+		sc->uid = (uint32_t)n;
+}
+
+/* The highest UID at or above from_uid of the selected folder with this
+ * Message-ID: 0 when none, -1 when the connection failed. */
+static int64_t find_by_message_id(struct worker *w, const char *mid, uint32_t from_uid)
+{
+	struct search_ctx sc = { 0 };
+	char *qm;
 	int r;
 
-	if (journal_uid_is_local(e->uid))
-		return STEP_DONE;
-	if (open_folder(w, e, &ok) == STEP_STOP)
-		return STEP_STOP;
-	if (!ok)
-		return STEP_DONE;
-	clean = imap_ops_storable_flags(e->flags);
-	if (!clean)
-		return STEP_STOP;
-	r = imap_client_run(w->client, NULL, NULL, "UID STORE %u FLAGS (%s)", e->uid, clean);
-	free(clean);
-	err = imap_ops_outcome(w, r, "store flags");
-	return err == STORE_OK ? STEP_DONE : failed(w, err);
-}
-
-static enum step replay_move(struct worker *w, const struct journal_entry *e)
-{
-	struct istore *s = w->s;
-	struct moved_ctx mc = { "" };
-	struct cache_folder t;
-	enum store_error err;
-	uint32_t dst_validity = 0, newuid;
-	bool ok;
-
-	if (!journal_uid_is_local(e->to_uid))
-		return STEP_DONE; /* renumbered: it reached the server before a crash */
-	if (journal_uid_is_local(e->uid)) {
-		/* It never reached the server: nothing to move. */
-		drop_local(s, e->to_folder_id, e->to_uid);
-		return STEP_DONE;
-	}
-	if (open_folder(w, e, &ok) == STEP_STOP)
-		return STEP_STOP;
-	if (!ok) {
-		drop_local(s, e->to_folder_id, e->to_uid);
-		queue_sync(s, e->to_folder_id);
-		return STEP_DONE;
-	}
-	err = imap_ops_move_uid(w, e->uid, e->to_server_name, &mc);
-	if (err != STORE_OK) {
-		if (failed(w, err) == STEP_STOP)
-			return STEP_STOP;
-		/* Refused (the destination is gone): back where it was. */
-		log_warn("journal: the server refused to move UID %u from %s to %s; it stays in %s",
-			 e->uid, e->server_name, e->to_server_name, e->server_name);
-		if (cache_msg_move(s->cache, e->to_folder_id, e->to_uid, e->folder_id, e->uid,
-				   NULL) == 0) {
-			if (s->ev.message_moved)
-				s->ev.message_moved(s->ev.ctx, e->to_folder_id, e->to_uid,
-						    e->folder_id, e->uid);
-			imap_store_emit_entry(s, e->folder_id, e->name);
-		} else {
-			drop_local(s, e->to_folder_id, e->to_uid);
-		}
-		imap_store_emit_entry(s, e->to_folder_id, e->name);
-		return STEP_DONE;
-	}
-	imap_store_view_changed(s);
-	if (cache_folder_get(s->cache, e->to_folder_id, &t) == 0) {
-		dst_validity = t.uidvalidity;
-		cache_folder_clear(&t);
-	}
-	newuid = imap_ops_copyuid_dst(mc.args, dst_validity);
-	if (newuid) {
-		renumber(s, e->to_folder_id, e->to_uid, newuid);
-	} else {
-		/* Already moved (a replay cut short), or no COPYUID: the
-		 * destination's sync lists it. */
-		drop_local(s, e->to_folder_id, e->to_uid);
-		queue_sync(s, e->to_folder_id);
-	}
-	return STEP_DONE;
+	if (!mid || !*mid)
+		return 0;
+	qm = imap_quote(mid);
+	if (!qm)
+		return 0;
+	r = imap_client_run(w->client, on_search, &sc, "UID SEARCH UID %u:* HEADER Message-ID %s",
+			    from_uid ? from_uid : 1, qm);
+	free(qm);
+	if (r < 0 && !imap_client_alive(w->client))
+		return -1;
+	/* "N:*" always matches the highest UID: check it is in range. */
+	return sc.uid >= (from_uid ? from_uid : 1) ? sc.uid : 0;
 }
 
 /* The Message-ID header's value in a message, or NULL. */
@@ -539,95 +539,309 @@ static char *message_id_of(const char *data, size_t len)
 	return NULL;
 }
 
-/* Keep a refused message where the user can find it. */
-static void keep_unsent(struct istore *s, const struct journal_entry *e)
+static enum step replay_remove(struct worker *w, const struct journal_entry *e)
 {
-	char *path = NULL;
-	int fd;
+	struct examine_ctx ex;
+	enum store_error err;
+	bool ok;
 
-	if (!s->cache_dir)
-		return;
-	if (asprintf(&path, "%s/unsent", s->cache_dir) >= 0)
-		mkdir(path, 0700);
-	free(path);
-	if (asprintf(&path, "%s/unsent/%lld-%s", s->cache_dir, (long long)e->seq,
-		     e->name ? e->name : "message.eml") < 0)
-		return;
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd >= 0) {
-		size_t off = 0;
-
-		while (off < e->len) {
-			ssize_t n = write(fd, (const char *)e->data + off, e->len - off);
-
-			if (n <= 0)
-				break;
-			off += (size_t)n;
-		}
-		fsync(fd);
-		close(fd);
-		log_warn("journal: the server refused a message written offline to %s; "
-			 "it is kept in %s", e->server_name, path);
-	}
-	free(path);
+	if (journal_uid_is_local(e->uid))
+		return STEP_DONE; /* its arrival never reached the server */
+	if (open_folder(w, e, &ok, &ex) == STEP_STOP)
+		return STEP_STOP;
+	if (!ok)
+		return STEP_DONE;
+	err = imap_ops_expunge_one(w, e->uid);
+	if (err == STORE_OK)
+		return STEP_DONE;
+	if (failed(w, err) == STEP_STOP)
+		return STEP_STOP;
+	log_warn("journal: the server refused to expunge UID %u in %s (%s); it is shown again",
+		 e->uid, e->server_name, imap_client_text(w->client));
+	relist(w->s, e->folder_id);
+	return STEP_DONE;
 }
 
-struct search_ctx {
-	uint32_t uid;
-};
-
-static void on_search(void *ctx, const struct imap_response *r)
+static enum step replay_flags(struct worker *w, const struct journal_entry *e)
 {
-	struct search_ctx *sc = ctx;
-	uint64_t n;
+	struct examine_ctx ex;
+	enum store_error err;
+	char *clean;
+	bool ok;
+	int r;
 
-	if (r->args_count >= 2 && imap_arg_atom_is(&r->args[0], "SEARCH") &&
-	    imap_arg_number(&r->args[r->args_count - 1], &n) && n <= UINT32_MAX)
-		sc->uid = (uint32_t)n;
+	if (journal_uid_is_local(e->uid))
+		return STEP_DONE;
+	if (open_folder(w, e, &ok, &ex) == STEP_STOP)
+		return STEP_STOP;
+	if (!ok)
+		return STEP_DONE;
+	clean = imap_ops_storable_flags(e->flags);
+	if (!clean)
+		return STEP_STOP;
+	r = imap_client_run(w->client, NULL, NULL, "UID STORE %u FLAGS (%s)", e->uid, clean);
+	free(clean);
+	err = imap_ops_outcome(w, r, "store flags");
+	if (err == STORE_OK)
+		return STEP_DONE;
+	if (failed(w, err) == STEP_STOP)
+		return STEP_STOP;
+	log_warn("journal: the server refused flags for UID %u in %s (%s)", e->uid, e->server_name,
+		 imap_client_text(w->client));
+	relist(w->s, e->folder_id);
+	return STEP_DONE;
+}
+
+/* A move given up: the message goes back to its folder in the cache
+ * (it is still there on the server), or, if that folder is gone, away. */
+static void move_back(struct istore *s, const struct journal_entry *e)
+{
+	struct cache_folder f;
+
+	if (cache_folder_get(s->cache, e->folder_id, &f) == 0) {
+		cache_folder_clear(&f);
+		if (cache_msg_move(s->cache, e->to_folder_id, e->to_uid, e->folder_id, e->uid,
+				   NULL) == 0) {
+			if (s->ev.message_moved)
+				s->ev.message_moved(s->ev.ctx, e->to_folder_id, e->to_uid, e->folder_id,
+						    e->uid);
+			imap_store_emit_entry(s, e->folder_id, e->name);
+			imap_store_emit_entry(s, e->to_folder_id, e->name);
+			return;
+		}
+		relist(s, e->folder_id);
+	}
+	drop_local(s, e->to_folder_id, e->to_uid);
+}
+
+/* After a move whose new UID is not known: look for it in the destination
+ * by Message-ID (UIDs from `from` on), else let a sync list it. */
+static enum step settle_moved(struct worker *w, const struct journal_entry *e, const char *mid,
+			      uint32_t from)
+{
+	struct istore *s = w->s;
+	struct examine_ctx ex;
+	int64_t found = 0;
+
+	if (mid && select_name(w, e->to_server_name, &ex) == STORE_OK)
+		found = find_by_message_id(w, mid, from);
+	if (found < 0 || (!imap_client_alive(w->client)))
+		return STEP_STOP;
+	if (found > 0) {
+		renumber(s, e->to_folder_id, e->to_uid, (uint32_t)found);
+	} else {
+		drop_local(s, e->to_folder_id, e->to_uid);
+		queue_sync(s, e->to_folder_id);
+	}
+	return STEP_DONE;
+}
+
+/* UIDNEXT of a folder (STATUS), 0 when unknown. */
+static uint32_t uidnext_of(struct worker *w, const char *server_name)
+{
+	uint32_t next = 0;
+	char *q = imap_quote(server_name);
+
+	if (q) {
+		imap_client_run(w->client, imap_ops_on_status_uidnext, &next, "STATUS %s (UIDNEXT)", q);
+		free(q);
+	}
+	return next;
+}
+
+static enum step replay_move(struct worker *w, const struct journal_entry *e)
+{
+	struct istore *s = w->s;
+	struct moved_ctx mc = { "" };
+	struct cache_folder t;
+	struct cache_msg m;
+	struct examine_ctx ex;
+	enum store_error err;
+	uint32_t dst_validity = 0, newuid, hint = e->hint;
+	char *mid = NULL;
+	bool ok;
+	enum step st;
+
+	if (!journal_uid_is_local(e->to_uid))
+		return STEP_DONE; /* renumbered: it reached the server before a crash */
+	if (journal_uid_is_local(e->uid)) {
+		/* Its arrival in the source never reached the server. */
+		drop_local(s, e->to_folder_id, e->to_uid);
+		return STEP_DONE;
+	}
+	if (cache_msg_get(s->cache, e->to_folder_id, e->to_uid, &m) == 0) {
+		mid = m.message_id ? strdup(m.message_id) : NULL;
+		cache_msg_clear(&m);
+	}
+	bool atomic = imap_client_caps(w->client) & IMAP_CAP_MOVE;
+	if (!atomic && e->attempted && mid) {
+		/* A COPY may have landed before a cut: find it, then only the
+		 * expunge of the source is left. */
+		if (select_name(w, e->to_server_name, &ex) == STORE_OK) {
+			int64_t found = find_by_message_id(w, mid, hint);
+
+			if (found < 0) {
+				free(mid);
+				return STEP_STOP;
+			}
+			if (found > 0) {
+				if (open_folder(w, e, &ok, &ex) == STEP_STOP) {
+					free(mid);
+					return STEP_STOP;
+				}
+				err = ok ? imap_ops_expunge_one(w, e->uid) : STORE_OK;
+				if (err != STORE_OK && failed(w, err) == STEP_STOP) {
+					free(mid);
+					return STEP_STOP;
+				}
+				renumber(s, e->to_folder_id, e->to_uid, (uint32_t)found);
+				free(mid);
+				return STEP_DONE;
+			}
+		}
+		if (!imap_client_alive(w->client)) {
+			free(mid);
+			return STEP_STOP;
+		}
+	}
+	if (!atomic || !hint)
+		hint = uidnext_of(w, e->to_server_name);
+	if (!imap_client_alive(w->client)) {
+		free(mid);
+		return STEP_STOP;
+	}
+	if (open_folder(w, e, &ok, &ex) == STEP_STOP) {
+		free(mid);
+		return STEP_STOP;
+	}
+	if (!ok) {
+		move_back(s, e);
+		free(mid);
+		return STEP_DONE;
+	}
+	journal_set_attempted(s->journal, e->seq, hint);
+	err = imap_ops_move_uid(w, e->uid, e->to_server_name, &mc);
+	if (err != STORE_OK) {
+		if (failed(w, err) == STEP_STOP) {
+			free(mid);
+			return STEP_STOP;
+		}
+		log_warn("journal: the server refused to move UID %u from %s to %s (%s); it stays "
+			 "in %s", e->uid, e->server_name, e->to_server_name,
+			 imap_client_text(w->client), e->server_name);
+		move_back(s, e);
+		free(mid);
+		return STEP_DONE;
+	}
+	imap_store_view_changed(s);
+	if (cache_folder_get(s->cache, e->to_folder_id, &t) == 0) {
+		dst_validity = t.uidvalidity;
+		cache_folder_clear(&t);
+	}
+	newuid = imap_ops_copyuid_dst(mc.args, dst_validity);
+	if (newuid) {
+		renumber(s, e->to_folder_id, e->to_uid, newuid);
+		st = STEP_DONE;
+	} else {
+		/* No COPYUID, or the source was gone (moved before a crash). */
+		st = settle_moved(w, e, mid, hint);
+	}
+	free(mid);
+	return st;
+}
+
+/* Keep a refused message where the user can find it.  True once it is on
+ * disk (file and directory synced): only then may the entry go. */
+static bool keep_unsent(struct istore *s, const struct journal_entry *e)
+{
+	char *dir = NULL, *path = NULL;
+	bool ok = false;
+	int fd, dfd;
+
+	if (!s->cache_dir || asprintf(&dir, "%s/unsent", s->cache_dir) < 0)
+		return false;
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		goto out;
+	if (asprintf(&path, "%s/%lld-%s", dir, (long long)e->seq,
+		     e->name && !strchr(e->name, '/') ? e->name : "message.eml") < 0) {
+		path = NULL;
+		goto out;
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		goto out;
+	size_t off = 0;
+	while (off < e->len) {
+		ssize_t n = write(fd, (const char *)e->data + off, e->len - off);
+
+		if (n <= 0)
+			break;
+		off += (size_t)n;
+	}
+	ok = off == e->len && fsync(fd) == 0;
+	ok = close(fd) == 0 && ok;
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	ok = ok && dfd >= 0 && fsync(dfd) == 0;
+	if (dfd >= 0)
+		close(dfd);
+out:
+	if (ok)
+		log_warn("journal: the server refused a message written offline to %s; it is kept "
+			 "in %s", e->server_name, path);
+	else
+		log_warn("journal: the server refused a message written offline to %s, and it "
+			 "cannot be saved in %s (%s); it stays in the journal", e->server_name, dir,
+			 strerror(errno));
+	free(path);
+	free(dir);
+	return ok;
 }
 
 static enum step replay_append(struct worker *w, const struct journal_entry *e)
 {
 	struct istore *s = w->s;
-	struct search_ctx sc = { 0 };
-	char *prefix, *mid = NULL;
-	uint32_t v = 0, uid = 0;
+	struct examine_ctx ex;
+	char *prefix, *mid;
+	uint32_t uid = 0;
+	int64_t found = 0;
 	enum store_error err;
 	int tag, r;
 
 	if (!journal_uid_is_local(e->uid))
 		return STEP_DONE; /* renumbered: it reached the server before a crash */
-	err = select_name(w, e->server_name, &v);
+	err = select_name(w, e->server_name, &ex);
 	if (err != STORE_OK && failed(w, err) == STEP_STOP)
 		return STEP_STOP;
-	if (err == STORE_OK && e->attempted && (mid = message_id_of(e->data, e->len))) {
-		/* Sent before a crash or a cut? Then it is there already. */
-		char *qm = imap_quote(mid);
-
-		r = qm ? imap_client_run(w->client, on_search, &sc, "UID SEARCH HEADER Message-ID %s",
-					 qm) : -EINVAL;
-		free(qm);
-		if (r < 0 && !imap_client_alive(w->client)) {
+	mid = message_id_of(e->data, e->len);
+	if (err == STORE_OK && e->attempted) {
+		/* Sent before a crash or a cut?  Then it is there already:
+		 * look among the UIDs given since (a message already in the
+		 * folder with the same Message-ID is not this one). */
+		found = find_by_message_id(w, mid, e->hint);
+		if (found < 0) {
 			free(mid);
 			return STEP_STOP;
 		}
 	}
-	free(mid);
-	if (sc.uid) {
-		uid = sc.uid;
+	if (found > 0) {
+		uid = (uint32_t)found;
 	} else {
 		prefix = imap_ops_append_prefix(e->server_name, e->mtime);
-		if (!prefix)
+		if (!prefix) {
+			free(mid);
 			return STEP_STOP;
-		journal_set_attempted(s->journal, e->seq);
+		}
+		journal_set_attempted(s->journal, e->seq, err == STORE_OK ? ex.uidnext : 0);
 		tag = imap_client_send_literal(w->client, prefix, e->data, e->len, NULL);
 		free(prefix);
 		r = tag < 0 ? tag : imap_client_wait(w->client, tag, NULL, NULL);
 		err = imap_ops_outcome(w, r, "append");
 		if (err != STORE_OK) {
+			free(mid);
 			if (failed(w, err) == STEP_STOP)
 				return STEP_STOP;
-			keep_unsent(s, e);
+			if (!keep_unsent(s, e))
+				return STEP_STOP;
 			drop_local(s, e->folder_id, e->uid);
 			return STEP_DONE;
 		}
@@ -635,12 +849,20 @@ static enum step replay_append(struct worker *w, const struct journal_entry *e)
 		char tail;
 
 		crash_point("journal_after_append");
-
 		if (!strcasecmp(imap_client_code(w->client), "APPENDUID") &&
 		    sscanf(imap_client_code_args(w->client), "%lu %lu%c", &vv, &u, &tail) == 2 &&
-		    u > 0 && u <= UINT32_MAX && (!v || vv == v))
+		    u > 0 && u <= UINT32_MAX && (!ex.uidvalidity || vv == ex.uidvalidity))
 			uid = (uint32_t)u;
+		if (!uid && ex.uidvalidity) {
+			found = find_by_message_id(w, mid, ex.uidnext);
+			if (found < 0) {
+				free(mid);
+				return STEP_STOP;
+			}
+			uid = (uint32_t)found;
+		}
 	}
+	free(mid);
 	imap_store_view_changed(s);
 	if (uid) {
 		renumber(s, e->folder_id, e->uid, uid);
@@ -661,6 +883,23 @@ static enum step replay_folder(struct worker *w, const struct journal_entry *e)
 	imap_ops_unselect(w);
 	if (e->kind == JOURNAL_RENAME)
 		qn = imap_quote(e->to_server_name);
+	if (q && e->kind == JOURNAL_RMDIR) {
+		/* Empty in the cache is not empty on the server (never
+		 * listed, or mail arrived): DELETE would take that mail. */
+		uint64_t messages = 0;
+
+		if (imap_ops_count_messages(w, q, &messages) < 0) {
+			free(q);
+			return STEP_STOP;
+		}
+		if (messages > 0) {
+			log_warn("journal: %s is not empty on the server (%llu messages); it is kept",
+				 e->server_name, (unsigned long long)messages);
+			free(q);
+			imap_store_view_changed(w->s);
+			return STEP_DONE; /* the next listing shows it again */
+		}
+	}
 	if (q && e->kind == JOURNAL_MKDIR)
 		r = imap_client_run(w->client, NULL, NULL, "CREATE %s", q);
 	else if (q && e->kind == JOURNAL_RMDIR)
@@ -686,6 +925,32 @@ static enum step replay_folder(struct worker *w, const struct journal_entry *e)
 	free(qn);
 	imap_store_view_changed(w->s);
 	return err == STORE_OK ? STEP_DONE : failed(w, err);
+}
+
+/* Local rows that no entry names any more (a replay cut at the wrong
+ * instant): nothing will ever give them a server UID. */
+static void sweep_local_rows(struct istore *s)
+{
+	struct cache_folder *fl;
+	size_t n;
+
+	if (cache_folder_list(s->cache, &fl, &n) < 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		uint32_t *uids = NULL;
+		size_t nu = 0;
+		bool any = false;
+
+		if (cache_msg_uids(s->cache, fl[i].id, &uids, &nu) == 0)
+			for (size_t k = nu; k > 0 && journal_uid_is_local(uids[k - 1]); k--) {
+				drop_local(s, fl[i].id, uids[k - 1]);
+				any = true;
+			}
+		free(uids);
+		if (any)
+			queue_sync(s, fl[i].id);
+	}
+	cache_folder_list_free(fl, n);
 }
 
 int imap_journal_replay(struct worker *w)
@@ -733,6 +998,8 @@ int imap_journal_replay(struct worker *w)
 		journal_entry_clear(&e);
 		done++;
 	}
+	if (done && ret == 0 && journal_count(s->journal) == 0)
+		sweep_local_rows(s);
 	pthread_mutex_unlock(&s->replay_lock);
 	/* Which folder is selected was the replay's business. */
 	w->selected = 0;

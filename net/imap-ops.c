@@ -427,6 +427,31 @@ static void on_status(void *ctx, const struct imap_response *r)
 	}
 }
 
+void imap_ops_on_status_uidnext(void *ctx, const struct imap_response *r)
+{
+	uint64_t n;
+
+	if (r->args_count == 3 && imap_arg_atom_is(&r->args[0], "STATUS") &&
+	    r->args[2].type == IMAP_ARG_LIST)
+		for (size_t i = 0; i + 1 < r->args[2].len; i += 2)
+			if (imap_arg_atom_is(&r->args[2].v.items[i], "UIDNEXT") &&
+			    imap_arg_number(&r->args[2].v.items[i + 1], &n) && n <= UINT32_MAX)
+				*(uint32_t *)ctx = (uint32_t)n;
+}
+
+/* MESSAGES of a folder (by its quoted server name): 0 with *messages_r,
+ * 1 when the server would not say, -EIO when the connection failed. */
+int imap_ops_count_messages(struct worker *w, const char *quoted, uint64_t *messages_r)
+{
+	struct count_ctx cc = { 0 };
+	int r = imap_client_run(w->client, on_status, &cc, "STATUS %s (MESSAGES)", quoted);
+
+	*messages_r = cc.messages;
+	if (r < 0 && !imap_client_alive(w->client))
+		return -EIO;
+	return r == IMAP_RESULT_OK && cc.got ? 0 : 1;
+}
+
 static enum store_error op_rmdir(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
@@ -616,6 +641,7 @@ void imap_ops_run(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
 	enum store_error e = STORE_ERR_IO;
+	bool attempted = false; /* the command may have reached the server */
 	const char *err;
 
 	if (!w->client || !imap_client_alive(w->client)) {
@@ -630,6 +656,10 @@ void imap_ops_run(struct worker *w, struct op *op)
 	 * one waits behind them. */
 	if (imap_journal_replay(w) < 0)
 		goto offline;
+	/* The replay may have given a message named by its local UID its
+	 * server UID. */
+	if (journal_uid_is_local(op->uid))
+		imap_journal_translate(s, op->folder_id, &op->uid);
 	switch (op->kind) {
 	case OP_REMOVE:
 		e = op_remove(w, op);
@@ -657,11 +687,12 @@ void imap_ops_run(struct worker *w, struct op *op)
 	 * the change or not, the journal's replay makes it happen once. */
 	if (e == STORE_ERR_IO && w->client && !imap_client_alive(w->client) && s->journal) {
 		engine_set_online(&s->eng, false);
+		attempted = true;
 		goto offline;
 	}
 	goto done;
 offline:
-	e = s->journal ? imap_journal_apply(s, op) : STORE_ERR_IO;
+	e = s->journal ? imap_journal_apply(s, op, attempted) : STORE_ERR_IO;
 done:
 	op->done(op->ctx, e, op->kind == OP_RMDIR && op->len == 1);
 	free(op->name);

@@ -96,6 +96,8 @@ struct idler {
 	bool started;
 };
 
+#define RENUM_MAX 256
+
 struct istore {
 	struct store base;
 	struct url url;
@@ -110,6 +112,11 @@ struct istore {
 	unsigned nworkers;
 	struct cache *cache;
 	struct journal *journal;    /* offline changes; its own lock */
+	struct {
+		int64_t folder_id;
+		uint32_t local, uid;
+	} renum[RENUM_MAX];         /* eng.lock: local UIDs replaced this session */
+	unsigned renum_next;
 	char *cache_dir;
 	pthread_mutex_t replay_lock; /* one replay at a time, ahead of all else */
 	struct store_events ev;
@@ -217,11 +224,16 @@ enum store_error imap_ops_move_uid(struct worker *w, uint32_t uid, const char *t
 				   struct moved_ctx *mc);
 char *imap_ops_storable_flags(const char *flags);
 char *imap_ops_append_prefix(const char *server_name, int64_t mtime);
+/* STATUS answers: UIDNEXT into a uint32_t; MESSAGES of a quoted name. */
+void imap_ops_on_status_uidnext(void *ctx, const struct imap_response *r);
+int imap_ops_count_messages(struct worker *w, const char *quoted, uint64_t *messages_r);
 
 /* imap-journal.c: changes the server could not confirm (see journal.h) */
 /* Record op as a journal entry and show it in the cache: the caller
  * reports the result to the user as if the server had confirmed it. */
-enum store_error imap_journal_apply(struct istore *s, struct op *op);
+enum store_error imap_journal_apply(struct istore *s, struct op *op, bool attempted);
+/* A local UID the replay replaced this session: *uid becomes the server's. */
+bool imap_journal_translate(struct istore *s, int64_t folder_id, uint32_t *uid);
 /* Replay the journal on w's live connection, oldest first.  0 when it is
  * empty, -EIO when the connection failed (the rest waits). */
 int imap_journal_replay(struct worker *w);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <stdatomic.h>
 #include <time.h>
 
@@ -572,8 +573,14 @@ static bool start_offline(struct istore *s, const char *why)
 
 	if (cache_folder_list(s->cache, &fl, &n) < 0)
 		return false;
-	for (size_t i = 0; i < n && !known; i++)
-		known = fl[i].last_sync > 0;
+	for (size_t i = 0; i < n; i++) {
+		known = known || fl[i].last_sync > 0;
+		/* What a LIST would have told: rm with delete=trash needs it. */
+		if (fl[i].flags & CACHE_FOLDER_TRASH)
+			s->trash_id = fl[i].id;
+		if (!strcasecmp(fl[i].server_name, "INBOX"))
+			s->inbox_id = fl[i].id;
+	}
 	cache_folder_list_free(fl, n);
 	if (!known)
 		return false;

@@ -304,3 +304,108 @@ def test_replay_cut_by_a_crash_sends_nothing_twice(outage, mount, tmp_path, poin
     names = [n for n in os.listdir(os.path.join(m3.path, "INBOX"))]
     assert names.count("new one.eml") == 1, names
     assert not m3.unmount()  # before the fixture takes the proxy away
+
+
+def go_offline(o):
+    o.proxy.down()
+    assert wait_for(lambda: o.mount.status().get("state") == "offline", 15)
+
+
+def come_back(o, mount=None):
+    o.proxy.up()
+    m = mount or o.mount
+    assert wait_for(lambda: m.status().get("pending") == "0", 30), m.status()
+
+
+def test_offline_rmdir_keeps_mail_the_server_has(outage):
+    """rmdir of a folder that is empty here but not on the server (mail delivered while
+    we were away): the replay must not DELETE it with that mail."""
+    o = outage
+    o.mount.allow.append(re.compile(r"journal: Quiet is not empty on the server \(1 messages\)"))
+    o.acct.create("Quiet")
+    with open(os.path.join(o.mnt, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")
+    assert wait_for(lambda: os.path.isdir(os.path.join(o.mnt, "Quiet")), 15)
+    go_offline(o)
+    o.acct.append("Quiet", NEW_MSG.replace(b"\n", b"\r\n"))
+    os.rmdir(os.path.join(o.mnt, "Quiet"))
+    assert not os.path.exists(os.path.join(o.mnt, "Quiet"))
+    come_back(o)
+    assert "Quiet" in o.acct.list_folders()
+    assert len(o.acct.fetch_all("Quiet")) == 1
+    with open(os.path.join(o.mnt, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")
+    assert wait_for(lambda: os.path.isdir(os.path.join(o.mnt, "Quiet"))
+                    and len(os.listdir(os.path.join(o.mnt, "Quiet"))) == 1, 15)
+
+
+def test_parallel_copies_and_chained_moves_offline(outage, tmp_path):
+    """Several cp at once get distinct local UIDs; a message moved twice offline ends
+    where the second mv put it; a change made right as the server returns, naming a
+    message that only existed locally, reaches the server."""
+    o = outage
+    go_offline(o)
+    srcs = []
+    for i in range(6):
+        p = tmp_path / ("p%d.eml" % i)
+        p.write_bytes(b"From: p@example.org\nSubject: parallel %d\nMessage-ID: <par%d@example.org>"
+                      b"\n\nbody %d\n" % (i, i, i))
+        srcs.append(p)
+    procs = [subprocess.Popen(["cp", str(p), os.path.join(o.inbox, "par %d.eml" % i)])
+             for i, p in enumerate(srcs)]
+    assert all(p.wait() == 0 for p in procs)
+    os.mkdir(os.path.join(o.mnt, "Hop"))
+    first = o.names[3]
+    mid = mid_of(o.cached[first])
+    os.rename(os.path.join(o.inbox, first), os.path.join(o.later, "hop1.eml"))
+    os.rename(os.path.join(o.later, "hop1.eml"), os.path.join(o.mnt, "Hop", "hop2.eml"))
+    assert read(os.path.join(o.mnt, "Hop", "hop2.eml")) == o.cached[first]
+    o.proxy.up()
+    # At once, before the replay has surely run: flags on a message that only has a
+    # local UID until the replay gives it the server's.
+    os.setxattr(os.path.join(o.inbox, "par 0.eml"), "user.mail.flags", b"\\Flagged")
+    assert wait_for(lambda: o.mount.status().get("pending") == "0", 30), o.mount.status()
+    inbox = server_by_mid(o.acct, "INBOX")
+    for i in range(6):
+        assert "<par%d@example.org>" % i in inbox
+    assert len(inbox) == len(set(inbox)) == 6 - 1 + 6  # one moved away, six copied in
+    uid, _ = inbox["<par0@example.org>"]
+    assert "\\Flagged" in o.acct.flags("INBOX", uid)
+    assert mid in server_by_mid(o.acct, "Hop")
+    assert mid not in server_by_mid(o.acct, "Later") and mid not in inbox
+    names = os.listdir(o.inbox)
+    for i in range(6):
+        assert names.count("par %d.eml" % i) == 1, names
+
+
+def test_delete_trash_offline_mount(make_user, mount, server, tmp_path):
+    """delete=trash on a mount that started offline: rm still means a move to Trash."""
+    u = make_user("offtr")
+    u.append_many("INBOX", [_msg(i, "INBOX") for i in range(3)])
+    proxy = FaultProxy(("127.0.0.1", server.ports["imaps"])).start()
+    try:
+        source = "imaps://%s@127.0.0.1:%d" % (u.name, proxy.port)
+        allow = [r"connection lost|cannot connect|timed out|reset|refus|unreachable|"
+                 r"closed|offline|Connection|handshake|EOF"]
+        m = mount(u, source=source, options=["poll=2", "delete=trash"], allow=allow)
+        names = sorted(os.listdir(os.path.join(m.path, "INBOX")))
+        assert len(names) == 3
+        cache = m.cache_dir
+        assert not m.unmount()
+        proxy.down()
+        m2 = mount(u, source=source, cache_dir=cache, options=["poll=2", "delete=trash"],
+                   allow=allow)
+        assert m2.status()["state"] == "offline"
+        victim = os.path.join(m2.path, "INBOX", names[0])
+        want = os.getxattr(victim, "user.mail.message_id").decode().strip()
+        if not want.startswith("<"):
+            want = "<%s>" % want
+        os.unlink(victim)
+        proxy.up()
+        assert wait_for(lambda: m2.status().get("pending") == "0", 30), m2.status()
+        acct = u.account()
+        assert want in server_by_mid(acct, "Trash")
+        assert want not in server_by_mid(acct, "INBOX")
+        assert not m2.unmount()
+    finally:
+        proxy.stop()

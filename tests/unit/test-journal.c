@@ -6,6 +6,8 @@
 #include "check.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,13 +63,13 @@ static void test_order_and_fields(void)
 	CHECK(got.len == sizeof(body) && got.data && memcmp(got.data, body, sizeof(body)) == 0);
 	CHECK(got.mtime == 1700000000);
 	CHECK_STR(got.name, "note.eml");
-	CHECK(journal_set_attempted(j, got.seq) == 0);
+	CHECK(journal_set_attempted(j, got.seq, 41) == 0);
 	int64_t seq = got.seq;
 	journal_entry_clear(&got);
 	journal_close(&j);
 	CHECK(journal_open(&j, dir) == 0);
 	CHECK(journal_first(j, &got) == 0);
-	CHECK(got.seq == seq && got.attempted);
+	CHECK(got.seq == seq && got.attempted && got.hint == 41);
 	CHECK(journal_done(j, got.seq) == 0);
 	journal_entry_clear(&got);
 
@@ -85,30 +87,32 @@ static void test_local_uids_and_renumber(void)
 {
 	struct journal *j;
 	struct journal_entry e, got;
-	uint32_t l1, l2;
+	uint32_t l1, l2, l3;
 
 	CHECK(journal_open(&j, dir) == 0);
 	CHECK(journal_uid_is_local(JOURNAL_LOCAL_UID));
 	CHECK(!journal_uid_is_local(JOURNAL_LOCAL_UID - 1));
-	l1 = journal_next_local_uid(j, 7, 0);
-	CHECK(l1 == JOURNAL_LOCAL_UID);
-	/* The cache's highest local UID counts, and so do the journal's. */
-	CHECK(journal_next_local_uid(j, 7, JOURNAL_LOCAL_UID + 4) == JOURNAL_LOCAL_UID + 5);
-	e = (struct journal_entry){ .kind = JOURNAL_APPEND, .folder_id = 7, .uid = l1 };
-	add(j, &e);
-	l2 = journal_next_local_uid(j, 7, 0);
-	CHECK(l2 == l1 + 1);
-	CHECK(journal_next_local_uid(j, 8, 0) == JOURNAL_LOCAL_UID); /* per folder */
+	e = (struct journal_entry){ .kind = JOURNAL_APPEND, .folder_id = 7 };
+	CHECK(journal_add_local(j, &e, 0) == 0);
+	l1 = e.uid;
+	CHECK(journal_uid_is_local(l1));
+	/* The move's destination gets the local UID, never the same one twice. */
 	e = (struct journal_entry){ .kind = JOURNAL_MOVE, .folder_id = 2, .uid = 40,
-				    .to_folder_id = 7, .to_uid = l2 };
-	add(j, &e);
-	CHECK(journal_next_local_uid(j, 7, 0) == l2 + 1);
+				    .to_folder_id = 7 };
+	CHECK(journal_add_local(j, &e, 0) == 0);
+	l2 = e.to_uid;
+	CHECK(e.uid == 40 && l2 > l1);
+	/* The cache's highest local UID counts too. */
+	e = (struct journal_entry){ .kind = JOURNAL_APPEND, .folder_id = 8 };
+	CHECK(journal_add_local(j, &e, l2 + 10) == 0);
+	l3 = e.uid;
+	CHECK(l3 == l2 + 11);
 	/* Later changes to both: flags on the appended one, a move of the moved one. */
 	e = (struct journal_entry){ .kind = JOURNAL_FLAGS, .folder_id = 7, .uid = l1,
 				    .flags = (char *)"\\Flagged" };
 	add(j, &e);
 	e = (struct journal_entry){ .kind = JOURNAL_MOVE, .folder_id = 7, .uid = l2,
-				    .to_folder_id = 9, .to_uid = JOURNAL_LOCAL_UID };
+				    .to_folder_id = 9, .to_uid = l3 + 1 };
 	add(j, &e);
 
 	/* The append reached the server as UID 31: later entries follow. */
@@ -124,16 +128,79 @@ static void test_local_uids_and_renumber(void)
 	journal_done(j, got.seq);
 	journal_entry_clear(&got);
 	CHECK(journal_first(j, &got) == 0);
+	CHECK(got.kind == JOURNAL_APPEND && got.folder_id == 8 && got.uid == l3);
+	journal_done(j, got.seq);
+	journal_entry_clear(&got);
+	CHECK(journal_first(j, &got) == 0);
 	CHECK(got.kind == JOURNAL_FLAGS && got.folder_id == 7 && got.uid == 31);
 	CHECK_STR(got.flags, "\\Flagged");
 	journal_done(j, got.seq);
 	journal_entry_clear(&got);
 	CHECK(journal_first(j, &got) == 0);
 	CHECK(got.kind == JOURNAL_MOVE && got.folder_id == 7 && got.uid == 32);
-	CHECK(got.to_folder_id == 9 && got.to_uid == JOURNAL_LOCAL_UID);
+	CHECK(got.to_folder_id == 9);
 	journal_done(j, got.seq);
 	journal_entry_clear(&got);
 	CHECK(journal_count(j) == 0);
+	journal_close(&j);
+
+	/* Emptied and reopened: local UIDs never start over (the kernel may
+	 * still know an inode by an old one). */
+	CHECK(journal_open(&j, dir) == 0);
+	e = (struct journal_entry){ .kind = JOURNAL_APPEND, .folder_id = 7 };
+	CHECK(journal_add_local(j, &e, 0) == 0);
+	CHECK(e.uid > l3);
+	journal_done(j, e.seq);
+	journal_close(&j);
+}
+
+/* Threads adding local entries at once never share a UID. */
+struct racer {
+	struct journal *j;
+	uint32_t uids[50];
+};
+
+static void *race(void *arg)
+{
+	struct racer *r = arg;
+
+	for (int i = 0; i < 50; i++) {
+		struct journal_entry e = { .kind = JOURNAL_APPEND, .folder_id = 3 };
+
+		r->uids[i] = journal_add_local(r->j, &e, 0) == 0 ? e.uid : 0;
+	}
+	return NULL;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void test_concurrent_local_uids(void)
+{
+	struct journal *j;
+	struct racer r[4];
+	pthread_t t[4];
+	uint32_t all[200];
+	bool distinct = true;
+
+	CHECK(journal_open(&j, dir) == 0);
+	for (int i = 0; i < 4; i++) {
+		r[i].j = j;
+		pthread_create(&t[i], NULL, race, &r[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		memcpy(all + 50 * i, r[i].uids, sizeof(r[i].uids));
+	}
+	qsort(all, 200, sizeof(all[0]), cmp_u32);
+	for (int i = 0; i < 200; i++)
+		distinct = distinct && all[i] != 0 && (i == 0 || all[i] != all[i - 1]);
+	CHECK(distinct);
+	CHECK(journal_count(j) == 200);
 	journal_close(&j);
 }
 
@@ -161,6 +228,7 @@ int main(void)
 	}
 	test_order_and_fields();
 	test_local_uids_and_renumber();
+	test_concurrent_local_uids();
 	test_private_file();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
