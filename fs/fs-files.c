@@ -76,6 +76,11 @@ bool fs_files_entry_by_name(struct mfs *m, int64_t folder, const char *name,
 
 	pthread_mutex_lock(&m->lock);
 	n = fs_files_find_name(m, folder, name);
+	/* Once appended it is a message: the name is the message's now, even
+	 * before the writer's RELEASE has let go of the temporary inode (an
+	 * open of that inode would be refused). */
+	if (n && n->appended)
+		n = NULL;
 	if (n) {
 		memset(e, 0, sizeof(*e));
 		fs_files_attr(m, n, &e->attr);
