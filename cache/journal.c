@@ -37,7 +37,8 @@ static const char journal_schema[] =
 	" mtime INTEGER NOT NULL DEFAULT 0,"
 	" data BLOB,"
 	" attempted INTEGER NOT NULL DEFAULT 0,"
-	" hint INTEGER NOT NULL DEFAULT 0);"
+	" hint INTEGER NOT NULL DEFAULT 0,"
+	" message_id TEXT);"
 	"CREATE TABLE IF NOT EXISTS journal_meta (key TEXT PRIMARY KEY, value INTEGER)";
 
 static int journal_failed(struct journal *j, int rc)
@@ -139,7 +140,8 @@ static int journal_insert(struct journal *j, struct journal_entry *e)
 
 	ret = journal_run(j, "INSERT INTO journal (kind, folder_id, uid, uidvalidity, to_folder_id,"
 			     " to_uid, server_name, to_server_name, name, flags, mtime, data, attempted,"
-			     " hint) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+			     " hint, message_id)"
+			     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
 			  &st);
 	if (ret < 0)
 		return ret;
@@ -160,6 +162,7 @@ static int journal_insert(struct journal *j, struct journal_entry *e)
 		sqlite3_bind_null(st, 12);
 	sqlite3_bind_int(st, 13, e->attempted);
 	sqlite3_bind_int64(st, 14, e->hint);
+	bind_text(st, 15, e->message_id);
 	ret = journal_step_done(j, st);
 	if (ret >= 0) {
 		e->seq = sqlite3_last_insert_rowid(j->db);
@@ -252,8 +255,8 @@ int journal_first(struct journal *j, struct journal_entry *e)
 	memset(e, 0, sizeof(*e));
 	pthread_mutex_lock(&j->lock);
 	ret = journal_run(j, "SELECT seq, kind, folder_id, uid, uidvalidity, to_folder_id, to_uid,"
-			     " server_name, to_server_name, name, flags, mtime, data, attempted, hint"
-			     " FROM journal ORDER BY seq LIMIT 1", &st);
+			     " server_name, to_server_name, name, flags, mtime, data, attempted, hint,"
+			     " message_id FROM journal ORDER BY seq LIMIT 1", &st);
 	if (ret == 0) {
 		rc = sqlite3_step(st);
 		if (rc == SQLITE_ROW) {
@@ -282,6 +285,7 @@ int journal_first(struct journal *j, struct journal_entry *e)
 			}
 			e->attempted = sqlite3_column_int(st, 13) != 0;
 			e->hint = (uint32_t)sqlite3_column_int64(st, 14);
+			e->message_id = col_str(st, 15);
 		} else if (rc == SQLITE_DONE) {
 			ret = -ENOENT;
 		} else {
@@ -382,5 +386,6 @@ void journal_entry_clear(struct journal_entry *e)
 	free(e->name);
 	free(e->flags);
 	free(e->data);
+	free(e->message_id);
 	memset(e, 0, sizeof(*e));
 }

@@ -57,6 +57,7 @@ struct journal_entry {
 	bool attempted;       /* sent once already: check before resending */
 	uint32_t hint;        /* with attempted: the target's UIDNEXT before the
 			       * send, so a check looks only at newer UIDs */
+	char *message_id;     /* MOVE: the message's, to find it after a cut */
 };
 
 struct journal;

@@ -26,29 +26,36 @@
  * message's inode now.  Returns false when it was not moved. */
 static bool moved_to(struct mfs *m, fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_r)
 {
-	fuse_ino_t to = 0, at = ino;
+	fuse_ino_t at = ino, last = 0;
 
-	pthread_mutex_lock(&m->lock);
-	/* Newest first, and along a chain (moved, then renumbered by the
-	 * journal's replay, then moved again), a few hops at most. */
+	/* Newest first, and along a chain (moved, then given its server UID
+	 * by the journal's replay, then moved again): the first hop that is
+	 * a message now.  A few hops at most, never back to the start. */
 	for (int hop = 0; hop < 4; hop++) {
 		fuse_ino_t next = 0;
+		struct cache_msg msg;
 
+		pthread_mutex_lock(&m->lock);
 		for (unsigned k = 1; k <= MOVED_MAX && !next; k++) {
 			unsigned i = (m->moved_next + MOVED_MAX - k) % MOVED_MAX;
 
 			if (m->moved[i].from == at)
 				next = m->moved[i].to;
 		}
-		if (!next || next == at)
+		pthread_mutex_unlock(&m->lock);
+		if (!next || next == ino || next == at)
 			break;
-		to = at = next;
+		last = at = next;
+		if (cache_msg_get(m->cache, (int64_t)(next >> 32), (uint32_t)(next & 0xffffffffu),
+				  &msg) == 0) {
+			cache_msg_clear(&msg);
+			break;
+		}
 	}
-	pthread_mutex_unlock(&m->lock);
-	if (!to)
+	if (!last)
 		return false;
-	*folder_r = (int64_t)(to >> 32);
-	*uid_r = (uint32_t)(to & 0xffffffffu);
+	*folder_r = (int64_t)(last >> 32);
+	*uid_r = (uint32_t)(last & 0xffffffffu);
 	return true;
 }
 

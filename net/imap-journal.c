@@ -103,12 +103,33 @@ static enum store_error apply_flags(struct istore *s, struct op *op, struct cach
 	return err;
 }
 
+/* "NAME (2).eml", "NAME (3).eml"...: the first not taken in the folder. */
+static char *free_name(struct istore *s, int64_t folder_id, const char *name)
+{
+	size_t len = strlen(name);
+	size_t stem = len > 4 && !strcmp(name + len - 4, ".eml") ? len - 4 : len;
+
+	for (unsigned n = 2; n < 1000; n++) {
+		struct cache_msg m;
+		char *cand = NULL;
+
+		if (asprintf(&cand, "%.*s (%u).eml", (int)(stem > 230 ? 230 : stem), name, n) < 0)
+			return NULL;
+		if (cache_msg_lookup(s->cache, folder_id, cand, &m) < 0)
+			return cand;
+		cache_msg_clear(&m);
+		free(cand);
+	}
+	return NULL;
+}
+
 static enum store_error apply_move(struct istore *s, struct op *op, struct cache_folder *f,
-				   bool attempted)
+				   bool attempted, bool to_trash)
 {
 	struct cache_folder t;
 	struct cache_msg m;
 	enum store_error err;
+	char *name = NULL;
 	int r;
 
 	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
@@ -124,19 +145,24 @@ static enum store_error apply_move(struct istore *s, struct op *op, struct cache
 	struct cache_msg clash;
 	if (cache_msg_lookup(s->cache, op->to_folder_id, op->name, &clash) == 0) {
 		cache_msg_clear(&clash);
-		err = STORE_ERR_REFUSED;
-		goto out;
+		/* mv onto a taken name is refused; rm with delete=trash picks
+		 * a free one, as online. */
+		if (!to_trash || !(name = free_name(s, op->to_folder_id, op->name))) {
+			err = STORE_ERR_REFUSED;
+			goto out;
+		}
 	}
 	struct journal_entry e = {
 		.kind = JOURNAL_MOVE, .folder_id = op->folder_id, .uid = op->uid,
 		.uidvalidity = f->uidvalidity, .server_name = f->server_name,
 		.to_folder_id = op->to_folder_id, .to_server_name = t.server_name,
-		.name = op->name, .attempted = attempted,
+		.name = name ? name : op->name, .attempted = attempted,
+		.message_id = m.message_id,
 	};
 	if ((err = record_local(s, &e, op->to_folder_id)) != STORE_OK)
 		goto out;
 	uint32_t local = e.to_uid;
-	r = cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, local, op->name);
+	r = cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, local, e.name);
 	if (r < 0) {
 		journal_done(s->journal, e.seq);
 		err = r == -EEXIST ? STORE_ERR_REFUSED : STORE_ERR_IO;
@@ -144,8 +170,9 @@ static enum store_error apply_move(struct istore *s, struct op *op, struct cache
 	}
 	cache_msg_set_pinned(s->cache, op->to_folder_id, local, true);
 	imap_store_emit_entry(s, op->folder_id, m.name);
-	imap_store_emit_entry(s, op->to_folder_id, op->name);
+	imap_store_emit_entry(s, op->to_folder_id, e.name);
 out:
+	free(name);
 	cache_folder_clear(&t);
 	cache_msg_clear(&m);
 	return err;
@@ -252,7 +279,23 @@ static enum store_error apply_rename(struct istore *s, struct op *op, struct cac
 	return err;
 }
 
+static enum store_error journal_apply_locked(struct istore *s, struct op *op, bool attempted);
+
 enum store_error imap_journal_apply(struct istore *s, struct op *op, bool attempted)
+{
+	enum store_error err;
+
+	/* Never beside a replay: it may be giving this very message its
+	 * server UID, or sweeping local rows it thinks unused. */
+	pthread_mutex_lock(&s->replay_lock);
+	if (journal_uid_is_local(op->uid))
+		imap_journal_translate(s, op->folder_id, &op->uid);
+	err = journal_apply_locked(s, op, attempted);
+	pthread_mutex_unlock(&s->replay_lock);
+	return err;
+}
+
+static enum store_error journal_apply_locked(struct istore *s, struct op *op, bool attempted)
 {
 	struct cache_folder f;
 	enum store_error err;
@@ -273,7 +316,7 @@ enum store_error imap_journal_apply(struct istore *s, struct op *op, bool attemp
 				break;
 			}
 			mv.name = m.name;
-			err = apply_move(s, &mv, &f, attempted);
+			err = apply_move(s, &mv, &f, attempted, true);
 			cache_msg_clear(&m);
 			break;
 		}
@@ -283,7 +326,7 @@ enum store_error imap_journal_apply(struct istore *s, struct op *op, bool attemp
 		err = apply_flags(s, op, &f);
 		break;
 	case OP_MOVE:
-		err = apply_move(s, op, &f, attempted);
+		err = apply_move(s, op, &f, attempted, false);
 		break;
 	case OP_APPEND:
 		err = apply_append(s, op, &f, attempted);
@@ -355,30 +398,36 @@ static enum store_error select_name(struct worker *w, const char *server_name,
 	w->selected_rw = false;
 	r = imap_client_run(w->client, imap_sync_on_examine, e_r, "SELECT %s", q);
 	free(q);
+	/* Selected, but by name: -1 matches no folder id, yet tells
+	 * imap_ops_unselect() there is something to leave. */
+	if (r == IMAP_RESULT_OK)
+		w->selected = -1;
 	return imap_ops_outcome(w, r, "select");
 }
 
 /* The cache no longer matches the server for this folder (a change was
- * given up): list it afresh at the next sync. */
+ * given up): list it afresh at the next sync.  Rows with local UIDs stay:
+ * their own entries are still to come. */
 static void relist(struct istore *s, int64_t folder_id)
 {
-	struct cache_folder f;
+	uint32_t *uids = NULL;
+	size_t n = 0;
 
-	if (cache_folder_get(s->cache, folder_id, &f) < 0)
+	if (cache_msg_uids(s->cache, folder_id, &uids, &n) < 0)
 		return;
-	cache_folder_clear(&f);
-	for (uint32_t after = 0;;) {
-		struct cache_msg *msgs;
-		size_t n;
+	for (size_t i = 0; i < n; i++) {
+		struct cache_msg m;
 
-		if (cache_msg_list(s->cache, folder_id, after, 1000, &msgs, &n) < 0 || n == 0)
-			break;
-		for (size_t i = 0; i < n; i++)
-			imap_store_emit_entry(s, folder_id, msgs[i].name);
-		after = msgs[n - 1].uid;
-		cache_msg_list_free(msgs, n);
+		if (journal_uid_is_local(uids[i]) ||
+		    cache_msg_get(s->cache, folder_id, uids[i], &m) < 0)
+			continue;
+		cache_msg_delete(s->cache, folder_id, uids[i]);
+		imap_store_emit_entry(s, folder_id, m.name);
+		cache_msg_clear(&m);
 	}
-	cache_folder_reset(s->cache, folder_id);
+	free(uids);
+	/* No UIDVALIDITY known: the next sync lists every UID anew. */
+	cache_folder_set_state(s->cache, folder_id, 0, 0, 0, 0);
 	queue_sync(s, folder_id);
 }
 
@@ -669,12 +718,17 @@ static enum step replay_move(struct worker *w, const struct journal_entry *e)
 		drop_local(s, e->to_folder_id, e->to_uid);
 		return STEP_DONE;
 	}
-	if (cache_msg_get(s->cache, e->to_folder_id, e->to_uid, &m) == 0) {
+	if (e->message_id) {
+		mid = strdup(e->message_id);
+	} else if (cache_msg_get(s->cache, e->to_folder_id, e->to_uid, &m) == 0) {
 		mid = m.message_id ? strdup(m.message_id) : NULL;
 		cache_msg_clear(&m);
 	}
 	bool atomic = imap_client_caps(w->client) & IMAP_CAP_MOVE;
-	if (!atomic && e->attempted && mid) {
+	/* A cut online MOVE may have happened: with no UIDNEXT of before,
+	 * look for it among all UIDs after the send. */
+	uint32_t settle_from = e->attempted && !e->hint ? 1 : 0;
+	if (!atomic && e->attempted && e->hint && mid) {
 		/* A COPY may have landed before a cut: find it, then only the
 		 * expunge of the source is left. */
 		if (select_name(w, e->to_server_name, &ex) == STORE_OK) {
@@ -694,6 +748,9 @@ static enum step replay_move(struct worker *w, const struct journal_entry *e)
 					free(mid);
 					return STEP_STOP;
 				}
+				/* The source kept its copy: show it there again. */
+				if (err != STORE_OK)
+					relist(s, e->folder_id);
 				renumber(s, e->to_folder_id, e->to_uid, (uint32_t)found);
 				free(mid);
 				return STEP_DONE;
@@ -744,7 +801,7 @@ static enum step replay_move(struct worker *w, const struct journal_entry *e)
 		st = STEP_DONE;
 	} else {
 		/* No COPYUID, or the source was gone (moved before a crash). */
-		st = settle_moved(w, e, mid, hint);
+		st = settle_moved(w, e, mid, settle_from ? settle_from : hint);
 	}
 	free(mid);
 	return st;
@@ -762,8 +819,11 @@ static bool keep_unsent(struct istore *s, const struct journal_entry *e)
 		return false;
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		goto out;
+	/* The name as given, cut to fit a file name (its end is ".eml"). */
+	const char *nm = e->name && !strchr(e->name, '/') ? e->name : "message.eml";
+	size_t nl = strlen(nm);
 	if (asprintf(&path, "%s/%lld-%s", dir, (long long)e->seq,
-		     e->name && !strchr(e->name, '/') ? e->name : "message.eml") < 0) {
+		     nl > 200 ? nm + nl - 200 : nm) < 0) {
 		path = NULL;
 		goto out;
 	}
@@ -813,10 +873,12 @@ static enum step replay_append(struct worker *w, const struct journal_entry *e)
 	if (err != STORE_OK && failed(w, err) == STEP_STOP)
 		return STEP_STOP;
 	mid = message_id_of(e->data, e->len);
-	if (err == STORE_OK && e->attempted) {
+	if (err == STORE_OK && e->attempted && e->hint) {
 		/* Sent before a crash or a cut?  Then it is there already:
 		 * look among the UIDs given since (a message already in the
-		 * folder with the same Message-ID is not this one). */
+		 * folder with the same Message-ID is not this one).  Without
+		 * the UIDNEXT of before (a cut online), send it again: a
+		 * duplicate at worst, never a loss. */
 		found = find_by_message_id(w, mid, e->hint);
 		if (found < 0) {
 			free(mid);
@@ -888,13 +950,16 @@ static enum step replay_folder(struct worker *w, const struct journal_entry *e)
 		 * listed, or mail arrived): DELETE would take that mail. */
 		uint64_t messages = 0;
 
-		if (imap_ops_count_messages(w, q, &messages) < 0) {
+		int rc = imap_ops_count_messages(w, q, &messages);
+
+		if (rc < 0) {
 			free(q);
 			return STEP_STOP;
 		}
-		if (messages > 0) {
-			log_warn("journal: %s is not empty on the server (%llu messages); it is kept",
-				 e->server_name, (unsigned long long)messages);
+		if (rc > 0 || messages > 0) {
+			/* Not empty, or the server would not say: keep it. */
+			log_warn("journal: %s is not known to be empty on the server (%llu "
+				 "messages); it is kept", e->server_name, (unsigned long long)messages);
 			free(q);
 			imap_store_view_changed(w->s);
 			return STEP_DONE; /* the next listing shows it again */
@@ -963,7 +1028,7 @@ int imap_journal_replay(struct worker *w)
 	if (!s->journal || journal_count(s->journal) == 0)
 		return 0;
 	pthread_mutex_lock(&s->replay_lock);
-	while (journal_first(s->journal, &e) == 0) {
+	while ((ret = journal_first(s->journal, &e)) == 0) {
 		enum step st;
 
 		if (!w->client || !imap_client_alive(w->client)) {
@@ -998,12 +1063,11 @@ int imap_journal_replay(struct worker *w)
 		journal_entry_clear(&e);
 		done++;
 	}
+	/* Empty, or unreadable: then nothing may overtake what it holds. */
+	ret = ret == -ENOENT ? 0 : -EIO;
 	if (done && ret == 0 && journal_count(s->journal) == 0)
 		sweep_local_rows(s);
 	pthread_mutex_unlock(&s->replay_lock);
-	/* Which folder is selected was the replay's business. */
-	w->selected = 0;
-	w->selected_rw = false;
 	if (done)
 		log_info("journal: %u change%s made offline replayed%s", done, done == 1 ? "" : "s",
 			 ret < 0 ? "; the rest waits for the connection" : "");
