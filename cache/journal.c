@@ -86,6 +86,11 @@ int journal_open(struct journal **j_r, const char *dir)
 	    (ret = journal_exec(j, "PRAGMA synchronous = FULL")) < 0 ||
 	    (ret = journal_exec(j, journal_schema)) < 0)
 		goto fail;
+	/* Columns added after the first development builds: an older file
+	 * gets them (the statement fails harmlessly when they exist). */
+	sqlite3_exec(j->db, "ALTER TABLE journal ADD COLUMN hint INTEGER NOT NULL DEFAULT 0",
+		     NULL, NULL, NULL);
+	sqlite3_exec(j->db, "ALTER TABLE journal ADD COLUMN message_id TEXT", NULL, NULL, NULL);
 	*j_r = j;
 	return 0;
 fail:

@@ -243,8 +243,11 @@ static enum store_error apply_mkdir(struct istore *s, struct op *op)
 
 static enum store_error apply_rmdir(struct istore *s, struct cache_folder *f)
 {
+	/* A \Noselect folder holds no mail, and STATUS is refused on it. */
 	struct journal_entry e = { .kind = JOURNAL_RMDIR, .folder_id = f->id,
-				   .server_name = f->server_name };
+				   .server_name = f->server_name,
+				   .flags = f->flags & CACHE_FOLDER_NOSELECT ? (char *)"\\Noselect" :
+									 NULL };
 	enum store_error err = record(s, &e);
 
 	if (err == STORE_OK) {
@@ -406,28 +409,17 @@ static enum store_error select_name(struct worker *w, const char *server_name,
 }
 
 /* The cache no longer matches the server for this folder (a change was
- * given up): list it afresh at the next sync.  Rows with local UIDs stay:
- * their own entries are still to come. */
+ * given up): the next sync lists every UID from 1, so what the server still
+ * holds comes back and flags are read again.  Rows keep their names, and
+ * UIDVALIDITY stays: it is the generation of the kernel's inodes. */
 static void relist(struct istore *s, int64_t folder_id)
 {
-	uint32_t *uids = NULL;
-	size_t n = 0;
+	struct cache_folder f;
 
-	if (cache_msg_uids(s->cache, folder_id, &uids, &n) < 0)
-		return;
-	for (size_t i = 0; i < n; i++) {
-		struct cache_msg m;
-
-		if (journal_uid_is_local(uids[i]) ||
-		    cache_msg_get(s->cache, folder_id, uids[i], &m) < 0)
-			continue;
-		cache_msg_delete(s->cache, folder_id, uids[i]);
-		imap_store_emit_entry(s, folder_id, m.name);
-		cache_msg_clear(&m);
+	if (cache_folder_get(s->cache, folder_id, &f) == 0) {
+		cache_folder_set_state(s->cache, folder_id, f.uidvalidity, 0, 0, f.last_sync);
+		cache_folder_clear(&f);
 	}
-	free(uids);
-	/* No UIDVALIDITY known: the next sync lists every UID anew. */
-	cache_folder_set_state(s->cache, folder_id, 0, 0, 0, 0);
 	queue_sync(s, folder_id);
 }
 
@@ -945,16 +937,20 @@ static enum step replay_folder(struct worker *w, const struct journal_entry *e)
 	imap_ops_unselect(w);
 	if (e->kind == JOURNAL_RENAME)
 		qn = imap_quote(e->to_server_name);
-	if (q && e->kind == JOURNAL_RMDIR) {
+	if (q && e->kind == JOURNAL_RMDIR && !(e->flags && !strcmp(e->flags, "\\Noselect"))) {
 		/* Empty in the cache is not empty on the server (never
 		 * listed, or mail arrived): DELETE would take that mail. */
 		uint64_t messages = 0;
-
 		int rc = imap_ops_count_messages(w, q, &messages);
 
 		if (rc < 0) {
 			free(q);
 			return STEP_STOP;
+		}
+		if (rc > 0 && !strcasecmp(imap_client_code(w->client), "NONEXISTENT")) {
+			free(q);
+			imap_store_view_changed(w->s);
+			return STEP_DONE; /* gone already */
 		}
 		if (rc > 0 || messages > 0) {
 			/* Not empty, or the server would not say: keep it. */

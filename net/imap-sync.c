@@ -775,13 +775,18 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 	uint32_t maxuid = nuids ? uids[nuids - 1] : 0;
 	bool condstore = e.highestmodseq && !e.nomodseq;
 
+	/* A folder never listed from the server (or to be listed again: see
+	 * imap-journal.c relist()) may hold rows that did not come from a
+	 * listing: list from UID 1, rows already known keep their names. */
+	uint32_t from = f.uidnext ? maxuid + 1 : 1;
+
 	if (e.exists > 0) {
 		/* New UIDs only: never refetch what the cache knows. */
-		if (e.uidnext == 0 || e.uidnext > maxuid + 1 || nuids == 0) {
-			mc->min_uid = maxuid + 1;
+		if (e.uidnext == 0 || e.uidnext > maxuid + 1 || nuids == 0 || from == 1) {
+			mc->min_uid = from;
 			tag_new = imap_client_send(w->client,
 						   "UID FETCH %u:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE%s)",
-						   maxuid + 1, condstore ? " MODSEQ" : "");
+						   from, condstore ? " MODSEQ" : "");
 			s->eng.fetches++;
 		}
 		/* Flags: only what changed since the last sync (CONDSTORE);

@@ -296,6 +296,8 @@ class Mount:
         self.log_path = log_path
         self.workdir = workdir
         self.allow = [re.compile(a) for a in allow]
+        srv = getattr(user, "server", None)
+        self.server_log_start = len(srv.log()) if srv is not None and hasattr(srv, "log") else 0
         self.unmounted = False
         self.problems = []
 
@@ -371,8 +373,9 @@ class Mount:
         name = getattr(self.user, "name", None)
         if srv is None or not hasattr(srv, "log") or not name:
             return False
-        return any(name in l and "Panic: fcntl(" in l and "Resource deadlock avoided" in l
-                   for l in srv.log().splitlines())
+        mine = "imap(%s)<" % name
+        return any(mine in l and "Panic: fcntl(" in l and "Resource deadlock avoided" in l
+                   for l in srv.log()[self.server_log_start:].splitlines())
 
     def _server_side(self):
         """The server's own errors for this user, to tell a server fault from ours."""
