@@ -132,16 +132,8 @@ static enum store_error apply_move(struct istore *s, struct op *op, struct cache
 	char *name = NULL;
 	int r;
 
-	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
-		return STORE_ERR_NOTFOUND;
-	if (cache_folder_get(s->cache, op->to_folder_id, &t) < 0) {
-		cache_msg_clear(&m);
-		return STORE_ERR_NOTFOUND;
-	}
-	if (t.flags & CACHE_FOLDER_NOSELECT) {
-		err = STORE_ERR_PERM;
-		goto out;
-	}
+	if ((err = imap_ops_move_lookup(s, op, &m, &t)) != STORE_OK)
+		return err;
 	struct cache_msg clash;
 	if (cache_msg_lookup(s->cache, op->to_folder_id, op->name, &clash) == 0) {
 		cache_msg_clear(&clash);
@@ -182,7 +174,6 @@ static enum store_error apply_append(struct istore *s, struct op *op, struct cac
 				     bool attempted)
 {
 	enum store_error err;
-	char *name = NULL;
 
 	if (f->flags & CACHE_FOLDER_NOSELECT)
 		return STORE_ERR_PERM;
@@ -193,28 +184,9 @@ static enum store_error apply_append(struct istore *s, struct op *op, struct cac
 	};
 	if ((err = record_local(s, &e, op->folder_id)) != STORE_OK)
 		return err;
-	uint32_t local = e.uid;
-	struct cache_msg m = {
-		.folder_id = op->folder_id,
-		.uid = local,
-		.name = op->name,
-		.size = op->len,
-		.mtime = op->mtime ? op->mtime : (int64_t)time(NULL),
-		.flags = (char *)"\\Seen",
-	};
-	if (cache_msg_put(s->cache, &m, NULL, &name) < 0) {
-		m.name = NULL;
-		if (cache_msg_put(s->cache, &m, op->name, &name) < 0) {
-			/* The journal has it: the replay brings it back. */
-			log_warn("%s: kept in the journal, not shown until it reaches the server",
-				 op->name);
-			return STORE_OK;
-		}
-	}
-	cache_body_store(s->cache, op->folder_id, local, op->data, op->len);
-	cache_msg_set_pinned(s->cache, op->folder_id, local, true);
-	imap_store_emit_entry(s, op->folder_id, name ? name : op->name);
-	free(name);
+	if (imap_ops_show_new(s, op, e.uid, true) < 0)
+		/* The journal has it: the replay brings it back. */
+		log_warn("%s: kept in the journal, not shown until it reaches the server", op->name);
 	return STORE_OK;
 }
 
@@ -223,20 +195,12 @@ static enum store_error apply_mkdir(struct istore *s, struct op *op)
 	char *server = imap_ops_child_server_name(s, op->folder_id, op->name);
 	struct journal_entry e = { .kind = JOURNAL_MKDIR, .server_name = server, .name = op->name };
 	enum store_error err;
-	int64_t id;
 
 	if (!server)
 		return STORE_ERR_PERM;
 	err = record(s, &e);
-	if (err == STORE_OK &&
-	    cache_folder_put(s->cache, op->folder_id, op->name, server, 0, &id) == 0) {
-		imap_store_emit_entry(s, op->folder_id, op->name);
-		pthread_mutex_lock(&s->eng.lock);
-		struct fstate *fs = imap_store_fstate(s, id);
-		if (fs)
-			fs->ready = true; /* new and empty */
-		pthread_mutex_unlock(&s->eng.lock);
-	}
+	if (err == STORE_OK)
+		imap_ops_show_folder(s, op->folder_id, op->name, server);
 	free(server);
 	return err;
 }

@@ -293,6 +293,23 @@ out:
 	return e;
 }
 
+enum store_error imap_ops_move_lookup(struct istore *s, const struct op *op, struct cache_msg *m_r,
+				     struct cache_folder *t_r)
+{
+	if (cache_msg_get(s->cache, op->folder_id, op->uid, m_r) < 0)
+		return STORE_ERR_NOTFOUND;
+	if (cache_folder_get(s->cache, op->to_folder_id, t_r) < 0) {
+		cache_msg_clear(m_r);
+		return STORE_ERR_NOTFOUND;
+	}
+	if (t_r->flags & CACHE_FOLDER_NOSELECT) {
+		cache_msg_clear(m_r);
+		cache_folder_clear(t_r);
+		return STORE_ERR_PERM;
+	}
+	return STORE_OK;
+}
+
 static enum store_error op_move_do(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
@@ -302,17 +319,8 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	enum store_error e;
 	uint32_t newuid = 0;
 
-	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
-		return STORE_ERR_NOTFOUND;
-	if (cache_folder_get(s->cache, op->to_folder_id, &t) < 0) {
-		cache_msg_clear(&m);
-		return STORE_ERR_NOTFOUND;
-	}
-	if (t.flags & CACHE_FOLDER_NOSELECT) {
-		cache_msg_clear(&m);
-		cache_folder_clear(&t);
-		return STORE_ERR_PERM;
-	}
+	if ((e = imap_ops_move_lookup(s, op, &m, &t)) != STORE_OK)
+		return e;
 	ensure_synced(w, op->to_folder_id);
 	cache_folder_clear(&t);
 	cache_folder_get(s->cache, op->to_folder_id, &t);
@@ -378,12 +386,27 @@ char *imap_ops_child_server_name(struct istore *s, int64_t parent_id, const char
 	return full;
 }
 
+/* Show a new, empty folder in the cache: its listing is current as it is. */
+void imap_ops_show_folder(struct istore *s, int64_t parent_id, const char *name,
+			  const char *server_name)
+{
+	int64_t id;
+
+	if (cache_folder_put(s->cache, parent_id, name, server_name, 0, &id) < 0)
+		return;
+	imap_store_emit_entry(s, parent_id, name);
+	pthread_mutex_lock(&s->eng.lock);
+	struct fstate *fs = imap_store_fstate(s, id);
+	if (fs)
+		fs->ready = true;
+	pthread_mutex_unlock(&s->eng.lock);
+}
+
 static enum store_error op_mkdir(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
 	char *server = imap_ops_child_server_name(s, op->folder_id, op->name), *q;
 	enum store_error e;
-	int64_t id;
 	int r;
 
 	if (!server)
@@ -393,14 +416,7 @@ static enum store_error op_mkdir(struct worker *w, struct op *op)
 	e = imap_ops_outcome(w, r, "create folder");
 	if (e == STORE_OK) {
 		imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", q);
-		if (cache_folder_put(s->cache, op->folder_id, op->name, server, 0, &id) == 0) {
-			imap_store_emit_entry(s, op->folder_id, op->name);
-			pthread_mutex_lock(&s->eng.lock);
-			struct fstate *fs = imap_store_fstate(s, id);
-			if (fs)
-				fs->ready = true; /* new and empty */
-			pthread_mutex_unlock(&s->eng.lock);
-		}
+		imap_ops_show_folder(s, op->folder_id, op->name, server);
 	} else if (!strcasecmp(imap_client_code(w->client), "ALREADYEXISTS")) {
 		e = STORE_ERR_REFUSED;
 	}
@@ -538,6 +554,37 @@ static enum store_error op_rename(struct worker *w, struct op *op)
 	return e;
 }
 
+/* Show an appended message in the cache as (folder, uid), under the name
+ * it was written with (or one made from it when that is taken), with its
+ * body; pinned while only the journal holds it.  -errno if no row. */
+int imap_ops_show_new(struct istore *s, const struct op *op, uint32_t uid, bool pinned)
+{
+	struct cache_msg m = {
+		.folder_id = op->folder_id,
+		.uid = uid,
+		.name = op->name,
+		.size = op->len,
+		.mtime = op->mtime ? op->mtime : (int64_t)time(NULL),
+		.flags = (char *)"\\Seen",
+		.pinned = pinned,
+	};
+	char *name = NULL;
+	int r = cache_msg_put(s->cache, &m, NULL, &name);
+
+	if (r < 0) {
+		m.name = NULL;
+		r = cache_msg_put(s->cache, &m, op->name, &name);
+	}
+	if (r < 0)
+		return r;
+	cache_body_store(s->cache, op->folder_id, uid, op->data, op->len);
+	if (pinned)
+		cache_msg_set_pinned(s->cache, op->folder_id, uid, true);
+	imap_store_emit_entry(s, op->folder_id, name ? name : op->name);
+	free(name);
+	return 0;
+}
+
 static enum store_error op_append(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
@@ -573,23 +620,7 @@ static enum store_error op_append(struct worker *w, struct op *op)
 		    v == f.uidvalidity && u > 0 && u <= UINT32_MAX)
 			uid = (uint32_t)u;
 		if (uid) {
-			struct cache_msg m = {
-				.folder_id = op->folder_id,
-				.uid = uid,
-				.name = op->name,
-				.size = op->len,
-				.mtime = op->mtime ? op->mtime : (int64_t)time(NULL),
-				.flags = (char *)"\\Seen",
-			};
-			char *name = NULL;
-
-			if (cache_msg_put(s->cache, &m, NULL, &name) < 0) {
-				m.name = NULL;
-				cache_msg_put(s->cache, &m, op->name, &name);
-			}
-			cache_body_store(s->cache, op->folder_id, uid, op->data, op->len);
-			imap_store_emit_entry(s, op->folder_id, name ? name : op->name);
-			free(name);
+			imap_ops_show_new(s, op, uid, false);
 		} else {
 			imap_sync_folder(w, op->folder_id);
 		}

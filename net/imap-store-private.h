@@ -220,6 +220,13 @@ struct moved_ctx {
 	char args[256];
 };
 void imap_ops_on_moved(void *ctx, const struct imap_response *r);
+/* The message and destination folder of a move (cleared on failure):
+ * NOTFOUND, or PERM for a \Noselect destination. */
+enum store_error imap_ops_move_lookup(struct istore *s, const struct op *op, struct cache_msg *m_r,
+				     struct cache_folder *t_r);
+int imap_ops_show_new(struct istore *s, const struct op *op, uint32_t uid, bool pinned);
+void imap_ops_show_folder(struct istore *s, int64_t parent_id, const char *name,
+			  const char *server_name);
 enum store_error imap_ops_move_uid(struct worker *w, uint32_t uid, const char *to_server_name,
 				   struct moved_ctx *mc);
 char *imap_ops_storable_flags(const char *flags);
