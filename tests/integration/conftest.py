@@ -436,7 +436,8 @@ class Mount:
                 # sessions create or recreate a mailbox at once; the session dies and
                 # mailfs reconnects.  That is the server's bug, not ours.
                 bad = [l for l in bad if not re.search(
-                    r"server closed the connection|connection lost|IMAP session state", l)]
+                    r"server closed the connection|connection lost|IMAP session state|"
+                    r"SERVERBUG|Internal error occurred", l)]
             if bad:
                 probs.append("suspicious daemon output:\n    " + "\n    ".join(bad[:30]))
                 probs.extend(self._server_side())
