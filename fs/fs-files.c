@@ -25,6 +25,47 @@ struct fh *fs_files_fh(const struct fuse_file_info *fi)
 	return (struct fh *)(uintptr_t)fi->fh;
 }
 
+static void fh_track(struct mfs *m, struct fh *h)
+{
+	pthread_mutex_lock(&m->lock);
+	h->prev = NULL;
+	h->next = m->open_fhs;
+	if (m->open_fhs)
+		m->open_fhs->prev = h;
+	m->open_fhs = h;
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void fh_untrack(struct mfs *m, struct fh *h)
+{
+	pthread_mutex_lock(&m->lock);
+	if (h->prev)
+		h->prev->next = h->next;
+	else if (m->open_fhs == h)
+		m->open_fhs = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Free a body or text handle (not tracked any more). */
+static void fh_free(struct fh *h)
+{
+	if (h->kind == FH_BODY)
+		close(((struct body_fh *)h)->fd);
+	free(h);
+}
+
+void fs_files_free_open(struct mfs *m)
+{
+	while (m->open_fhs) {
+		struct fh *h = m->open_fhs;
+
+		m->open_fhs = h->next;
+		fh_free(h);
+	}
+}
+
 /* Pending new files get inode numbers below 2^32 that no message uses. */
 static fuse_ino_t next_new_ino(struct mfs *m)
 {
@@ -124,9 +165,10 @@ static void reply_open_fd(struct parked *p, int fd, bool size_changed)
 	p->fi.direct_io = size_changed || read_once;
 	/* Nothing to flush on a body: spare close() a round trip. */
 	p->fi.noflush = 1;
+	fh_track(p->m, &fh->h);
 	if (fuse_reply_open(p->req, &p->fi) != 0) {
-		close(fd);
-		free(fh);
+		fh_untrack(p->m, &fh->h);
+		fh_free(&fh->h);
 	}
 }
 
@@ -148,6 +190,7 @@ static void open_fetched(void *ctx, enum store_error err, bool changed)
 
 static void open_text(fuse_req_t req, struct fuse_file_info *fi, char *t, size_t len)
 {
+	struct mfs *m = mfs_of(req);
 	struct text_fh *fh = t ? malloc(sizeof(*fh) + len) : NULL;
 
 	if (!fh) {
@@ -161,11 +204,14 @@ static void open_text(fuse_req_t req, struct fuse_file_info *fi, char *t, size_t
 	free(t);
 	fi->fh = (uint64_t)(uintptr_t)fh;
 	fi->direct_io = 1;
-	if (fuse_reply_open(req, fi) != 0)
-		free(fh);
+	fh_track(m, &fh->h);
+	if (fuse_reply_open(req, fi) != 0) {
+		fh_untrack(m, &fh->h);
+		fh_free(&fh->h);
+	}
 }
 
-static struct fh sync_fh = { FH_SYNC };
+static struct fh sync_fh = { .kind = FH_SYNC };
 
 void fs_files_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -490,7 +536,8 @@ void fs_files_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	(void)ino;
 	switch (h->kind) {
 	case FH_TEXT:
-		free(h);
+		fh_untrack(m, h);
+		fh_free(h);
 		break;
 	case FH_SYNC:
 		break;
@@ -499,8 +546,8 @@ void fs_files_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 		if (b->eof && (m->store->caps & STORE_CAP_READ_ONCE) && m->store->ops->consume)
 			m->store->ops->consume(m->store, b->folder_id, b->uid);
-		close(b->fd);
-		free(b);
+		fh_untrack(m, h);
+		fh_free(h);
 		break;
 	}
 	case FH_NEW: {

@@ -58,6 +58,7 @@ struct mfs {
 	struct { fuse_ino_t from, to; } moved[MOVED_MAX];
 	unsigned moved_next;
 	unsigned new_ino;                /* atomic */
+	struct fh *open_fhs;             /* lock: see struct fh */
 	char *tmp_dir;
 };
 
@@ -82,6 +83,10 @@ enum fh_kind { FH_TEXT, FH_BODY, FH_NEW, FH_SYNC };
 
 struct fh {
 	enum fh_kind kind;
+	/* Open body and text handles, in mfs->open_fhs (under mfs->lock):
+	 * a RELEASE the kernel never sends (an unmount with requests still
+	 * queued) must not leak them. */
+	struct fh *prev, *next;
 };
 
 struct text_fh {
@@ -198,6 +203,8 @@ struct new_fh *fs_files_find_ino(struct mfs *m, fuse_ino_t ino);
 struct new_fh *fs_files_find_name(struct mfs *m, int64_t folder, const char *name);
 void fs_files_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void fs_files_free(struct new_fh *n);
+/* At unmount: the body and text handles the kernel never released. */
+void fs_files_free_open(struct mfs *m);
 void fs_files_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void fs_files_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		     struct fuse_file_info *fi);

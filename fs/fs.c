@@ -837,6 +837,7 @@ void mfs_destroy(struct mfs **mp)
 		m->news = n->next;
 		fs_files_free(n);
 	}
+	fs_files_free_open(m);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->cond);
 	free(m->tmp_dir);
