@@ -35,7 +35,7 @@ enum journal_kind {
 	JOURNAL_APPEND,     /* folder (local uid), data, mtime */
 	JOURNAL_FLAGS,      /* folder, uid, flags */
 	JOURNAL_MKDIR,      /* server_name (folder: its cache id) */
-	JOURNAL_RMDIR,      /* server_name */
+	JOURNAL_RMDIR,      /* server_name; flags "\\Noselect" when it was one */
 	JOURNAL_RENAME,     /* server_name -> to_server_name */
 };
 

@@ -481,25 +481,13 @@ static void renumber(struct istore *s, int64_t folder_id, uint32_t local, uint32
 	journal_renumber(s->journal, folder_id, local, folder_id, uid);
 }
 
-struct search_ctx {
-	uint32_t uid;
-};
-
-static void on_search(void *ctx, const struct imap_response *r)
-{
-	struct search_ctx *sc = ctx;
-	uint64_t n;
-
-	if (r->args_count >= 2 && imap_arg_atom_is(&r->args[0], "SEARCH") &&
-	    imap_arg_number(&r->args[r->args_count - 1], &n) && n <= UINT32_MAX)
-		sc->uid = (uint32_t)n;
-}
-
 /* The highest UID at or above from_uid of the selected folder with this
  * Message-ID: 0 when none, -1 when the connection failed. */
 static int64_t find_by_message_id(struct worker *w, const char *mid, uint32_t from_uid)
 {
-	struct search_ctx sc = { 0 };
+	/* The sync's collector of UID SEARCH answers. */
+	struct meta_ctx mc = { .s = w->s };
+	uint32_t from = from_uid ? from_uid : 1, best = 0;
 	char *qm;
 	int r;
 
@@ -508,13 +496,17 @@ static int64_t find_by_message_id(struct worker *w, const char *mid, uint32_t fr
 	qm = imap_quote(mid);
 	if (!qm)
 		return 0;
-	r = imap_client_run(w->client, on_search, &sc, "UID SEARCH UID %u:* HEADER Message-ID %s",
-			    from_uid ? from_uid : 1, qm);
+	r = imap_client_run(w->client, imap_sync_on_meta, &mc,
+			    "UID SEARCH UID %u:* HEADER Message-ID %s", from, qm);
 	free(qm);
+	/* "N:*" always matches the highest UID: keep those in range. */
+	for (size_t i = 0; i < mc.nseen; i++)
+		if (mc.seen[i] >= from && mc.seen[i] > best)
+			best = mc.seen[i];
+	free(mc.seen);
 	if (r < 0 && !imap_client_alive(w->client))
 		return -1;
-	/* "N:*" always matches the highest UID: check it is in range. */
-	return sc.uid >= (from_uid ? from_uid : 1) ? sc.uid : 0;
+	return best;
 }
 
 /* The Message-ID header's value in a message, or NULL. */
@@ -644,14 +636,14 @@ static enum step settle_moved(struct worker *w, const struct journal_entry *e, c
 /* UIDNEXT of a folder (STATUS), 0 when unknown. */
 static uint32_t uidnext_of(struct worker *w, const char *server_name)
 {
-	uint32_t next = 0;
+	struct imap_folder_status st = { 0 };
 	char *q = imap_quote(server_name);
 
 	if (q) {
-		imap_client_run(w->client, imap_ops_on_status_uidnext, &next, "STATUS %s (UIDNEXT)", q);
+		imap_ops_status(w, q, "UIDNEXT", &st);
 		free(q);
 	}
-	return next;
+	return st.uidnext;
 }
 
 static enum step replay_move(struct worker *w, const struct journal_entry *e)
@@ -904,22 +896,23 @@ static enum step replay_folder(struct worker *w, const struct journal_entry *e)
 	if (q && e->kind == JOURNAL_RMDIR && !(e->flags && !strcmp(e->flags, "\\Noselect"))) {
 		/* Empty in the cache is not empty on the server (never
 		 * listed, or mail arrived): DELETE would take that mail. */
-		uint64_t messages = 0;
-		int rc = imap_ops_count_messages(w, q, &messages);
+		struct imap_folder_status st;
+		int rc = imap_ops_status(w, q, "MESSAGES", &st);
 
-		if (rc < 0) {
+		if (rc < 0 && !imap_client_alive(w->client)) {
 			free(q);
 			return STEP_STOP;
 		}
-		if (rc > 0 && !strcasecmp(imap_client_code(w->client), "NONEXISTENT")) {
+		if (rc != IMAP_RESULT_OK && !strcasecmp(imap_client_code(w->client), "NONEXISTENT")) {
 			free(q);
 			imap_store_view_changed(w->s);
 			return STEP_DONE; /* gone already */
 		}
-		if (rc > 0 || messages > 0) {
+		if (rc != IMAP_RESULT_OK || !st.has_messages || st.messages > 0) {
 			/* Not empty, or the server would not say: keep it. */
 			log_warn("journal: %s is not known to be empty on the server (%llu "
-				 "messages); it is kept", e->server_name, (unsigned long long)messages);
+				 "messages); it is kept", e->server_name,
+				 (unsigned long long)st.messages);
 			free(q);
 			imap_store_view_changed(w->s);
 			return STEP_DONE; /* the next listing shows it again */

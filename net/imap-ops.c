@@ -425,54 +425,40 @@ static enum store_error op_mkdir(struct worker *w, struct op *op)
 	return e;
 }
 
-struct count_ctx {
-	uint64_t messages;
-	bool got;
-};
-
 static void on_status(void *ctx, const struct imap_response *r)
 {
-	struct count_ctx *c = ctx;
+	struct imap_folder_status *st = ctx;
+	uint64_t n;
 
-	if (r->args_count == 3 && imap_arg_atom_is(&r->args[0], "STATUS") &&
-	    r->args[2].type == IMAP_ARG_LIST) {
-		for (size_t i = 0; i + 1 < r->args[2].len; i += 2)
-			if (imap_arg_atom_is(&r->args[2].v.items[i], "MESSAGES") &&
-			    imap_arg_number(&r->args[2].v.items[i + 1], &c->messages))
-				c->got = true;
+	if (r->args_count != 3 || !imap_arg_atom_is(&r->args[0], "STATUS") ||
+	    r->args[2].type != IMAP_ARG_LIST)
+		return;
+	for (size_t i = 0; i + 1 < r->args[2].len; i += 2) {
+		const struct imap_arg *k = &r->args[2].v.items[i];
+
+		if (!imap_arg_number(&r->args[2].v.items[i + 1], &n))
+			continue;
+		if (imap_arg_atom_is(k, "MESSAGES")) {
+			st->messages = n;
+			st->has_messages = true;
+		} else if (imap_arg_atom_is(k, "UIDNEXT") && n <= UINT32_MAX) {
+			st->uidnext = (uint32_t)n;
+		}
 	}
 }
 
-void imap_ops_on_status_uidnext(void *ctx, const struct imap_response *r)
+int imap_ops_status(struct worker *w, const char *quoted, const char *items,
+		    struct imap_folder_status *st_r)
 {
-	uint64_t n;
-
-	if (r->args_count == 3 && imap_arg_atom_is(&r->args[0], "STATUS") &&
-	    r->args[2].type == IMAP_ARG_LIST)
-		for (size_t i = 0; i + 1 < r->args[2].len; i += 2)
-			if (imap_arg_atom_is(&r->args[2].v.items[i], "UIDNEXT") &&
-			    imap_arg_number(&r->args[2].v.items[i + 1], &n) && n <= UINT32_MAX)
-				*(uint32_t *)ctx = (uint32_t)n;
-}
-
-/* MESSAGES of a folder (by its quoted server name): 0 with *messages_r,
- * 1 when the server would not say, -EIO when the connection failed. */
-int imap_ops_count_messages(struct worker *w, const char *quoted, uint64_t *messages_r)
-{
-	struct count_ctx cc = { 0 };
-	int r = imap_client_run(w->client, on_status, &cc, "STATUS %s (MESSAGES)", quoted);
-
-	*messages_r = cc.messages;
-	if (r < 0 && !imap_client_alive(w->client))
-		return -EIO;
-	return r == IMAP_RESULT_OK && cc.got ? 0 : 1;
+	memset(st_r, 0, sizeof(*st_r));
+	return imap_client_run(w->client, on_status, st_r, "STATUS %s (%s)", quoted, items);
 }
 
 static enum store_error op_rmdir(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
 	struct cache_folder f;
-	struct count_ctx cc = { 0 };
+	struct imap_folder_status st;
 	enum store_error e = STORE_OK;
 	char *q;
 	int r;
@@ -487,9 +473,9 @@ static enum store_error op_rmdir(struct worker *w, struct op *op)
 	/* STATUS on the selected folder may answer from a stale view. */
 	imap_ops_unselect(w);
 	if (!(f.flags & CACHE_FOLDER_NOSELECT)) {
-		r = imap_client_run(w->client, on_status, &cc, "STATUS %s (MESSAGES)", q);
+		r = imap_ops_status(w, q, "MESSAGES", &st);
 		e = imap_ops_outcome(w, r, "status");
-		if (e == STORE_OK && cc.got && cc.messages > 0) {
+		if (e == STORE_OK && st.has_messages && st.messages > 0) {
 			/* Mail arrived that the cache has not seen yet. */
 			e = STORE_ERR_REFUSED;
 			op->len = 1; /* tells the caller: not empty */

@@ -231,9 +231,15 @@ enum store_error imap_ops_move_uid(struct worker *w, uint32_t uid, const char *t
 				   struct moved_ctx *mc);
 char *imap_ops_storable_flags(const char *flags);
 char *imap_ops_append_prefix(const char *server_name, int64_t mtime);
-/* STATUS answers: UIDNEXT into a uint32_t; MESSAGES of a quoted name. */
-void imap_ops_on_status_uidnext(void *ctx, const struct imap_response *r);
-int imap_ops_count_messages(struct worker *w, const char *quoted, uint64_t *messages_r);
+/* STATUS of a folder (quoted server name) for ITEMS ("MESSAGES",
+ * "UIDNEXT"...): imap_client_run()'s result; what the answer held in st_r. */
+struct imap_folder_status {
+	uint64_t messages;
+	bool has_messages;
+	uint32_t uidnext; /* 0: not given */
+};
+int imap_ops_status(struct worker *w, const char *quoted, const char *items,
+		    struct imap_folder_status *st_r);
 
 /* imap-journal.c: changes the server could not confirm (see journal.h) */
 /* Record op as a journal entry and show it in the cache: the caller
