@@ -173,20 +173,17 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 				r = -ENOENT;
 				break;
 			}
-			/* A closed connection is worth one more try (the
-			 * server dropped an idle session); a silent one is a
-			 * dead link, and a reader is waiting. */
-			if (r == -ETIMEDOUT)
-				break;
-			if (r < 0)
+			if (r < 0 && imap_store_retry(w, r))
 				continue;
+			if (r < 0)
+				break;
 		}
 		s->eng.fetches++;
 		/* A minute, plus time for the bytes at a slow 128 KiB/s. */
 		imap_client_set_deadline(w->client, 60 + (int)(bytes / (128 * 1024)));
 		r = imap_client_run(w->client, on_body, &bc, "UID FETCH %s (UID BODY.PEEK[])", set);
 		imap_client_set_deadline(w->client, 0);
-		if (r >= 0 || r == -ETIMEDOUT)
+		if (!imap_store_retry(w, r))
 			break;
 		log_warn("fetching messages: %s", imap_client_error(w->client));
 	}

@@ -183,6 +183,8 @@ void imap_store_queue_sync(struct istore *s, int64_t folder_id, bool urgent);
 void imap_store_emit_entry(struct istore *s, int64_t folder_id, const char *name);
 void imap_store_emit_message(struct istore *s, int64_t folder_id, uint32_t uid);
 int imap_store_connect(struct worker *w, const char **error_r);
+/* After a command failed with r: reconnect and try once more? */
+bool imap_store_retry(struct worker *w, int r);
 struct fstate *imap_store_fstate(struct istore *s, int64_t id);
 
 /* Something changed that other connections' views of their selected

@@ -229,6 +229,13 @@ static void finish_sync(struct istore *s, int64_t folder_id, enum store_error er
 	engine_waiters_call(waiters, err, false);
 }
 
+bool imap_store_retry(struct worker *w, int r)
+{
+	/* A connection the server closed is worth one more try (it dropped
+	 * an idle session); a silent one is a dead link, and someone waits. */
+	return r < 0 && r != -ETIMEDOUT && w->client && !imap_client_alive(w->client);
+}
+
 static void run_job(struct worker *w, struct job *j)
 {
 	struct istore *s = w->s;
@@ -265,7 +272,7 @@ static void run_job(struct worker *w, struct job *j)
 		} else {
 			r = imap_sync_folder(w, j->folder_id);
 		}
-		if (r >= 0 || imap_client_alive(w->client))
+		if (!imap_store_retry(w, r))
 			break;
 		log_warn("%s", imap_client_error(w->client));
 	}
