@@ -544,7 +544,9 @@ void fs_files_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	case FH_BODY: {
 		struct body_fh *b = (struct body_fh *)h;
 
-		if (b->eof && (m->store->caps & STORE_CAP_READ_ONCE) && m->store->ops->consume)
+		/* ro: reading only reads; nothing is consumed (deleted). */
+		if (b->eof && !m->ro && (m->store->caps & STORE_CAP_READ_ONCE) &&
+		    m->store->ops->consume)
 			m->store->ops->consume(m->store, b->folder_id, b->uid);
 		fh_untrack(m, h);
 		fh_free(h);

@@ -325,6 +325,7 @@ int main(int argc, char **argv)
 		.cache = cache,
 		.names_uid = io.names_uid,
 		.keep = cfg.keep,
+		.ro = cfg.ro,
 		.poll_seconds = cfg.poll,
 	};
 	if (url.proto == URL_IMAP)

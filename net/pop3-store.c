@@ -109,7 +109,8 @@ struct pstore {
 	char *cafile;
 	bool insecure;
 	bool names_uid;
-	bool keep;
+	bool keep; /* also set by ro */
+	bool ro;   /* -o ro: no DELE ever, nothing consumed */
 	struct cache *cache;
 	int64_t spool_id, archive_id;
 	const char *crash_at; /* MAILFS_TEST_CRASH_AT, or NULL */
@@ -1445,6 +1446,11 @@ static void pstore_remove(struct store *base, int64_t folder_id, uint32_t uid,
 		done(ctx, STORE_ERR_NOTFOUND, false);
 		return;
 	}
+	if (s->ro) {
+		/* fs/ refuses it first; a DELE must never come from ro. */
+		done(ctx, STORE_ERR_PERM, false);
+		return;
+	}
 	pthread_mutex_lock(&s->eng.lock);
 	j = job_new(JOB_REMOVE, folder_id, uid);
 	if (!j) {
@@ -1463,8 +1469,8 @@ static void pstore_consume(struct store *base, int64_t folder_id, uint32_t uid)
 	struct pstore *s = (struct pstore *)base;
 	struct job *j;
 
-	if (folder_id != s->spool_id)
-		return; /* archive/: reading there consumes nothing */
+	if (folder_id != s->spool_id || s->ro)
+		return; /* archive/, or ro: reading consumes nothing */
 	pthread_mutex_lock(&s->eng.lock);
 	j = job_new(JOB_CONSUME, folder_id, uid);
 	if (j)
@@ -1584,7 +1590,9 @@ struct store *pop3_store_new(const struct pop3_store_opts *o, bool *auth_failed_
 	s->cafile = o->cafile ? strdup(o->cafile) : NULL;
 	s->insecure = o->insecure;
 	s->names_uid = o->names_uid;
-	s->keep = o->keep;
+	/* ro is keep without consuming: the server is never changed. */
+	s->keep = o->keep || o->ro;
+	s->ro = o->ro;
 	s->cache = o->cache;
 	crash = getenv("MAILFS_TEST_CRASH_AT");
 	s->crash_at = crash && *crash ? crash : NULL;

@@ -23,6 +23,11 @@
  * archived but not kept, which finishes a consume that a crash or a lost
  * connection interrupted between the archive and QUIT.
  *
+ * With `ro` the server is never changed: no DELE is sent, neither for a
+ * read (reading a spool message just reads it; it stays in spool/ and
+ * nothing is recorded), nor for an rm, nor by the sync for an earlier
+ * consume a crash left unfinished.
+ *
  * Fault injection, for tests only: with MAILFS_TEST_CRASH_AT set to
  * after_retr (body cached, not yet archived), after_fsync (archived
  * durably, DELE not sent) or after_dele (DELE sent, no QUIT) in the
@@ -45,6 +50,7 @@ struct pop3_store_opts {
 	struct cache *cache;   /* not owned */
 	bool names_uid;        /* names=uid: "N.eml" with N the local id */
 	bool keep;             /* -o keep */
+	bool ro;               /* -o ro: like keep, and nothing is consumed */
 	unsigned poll_seconds; /* 0: 60 */
 };
 

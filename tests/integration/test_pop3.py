@@ -538,3 +538,55 @@ def test_hostile_headers_make_safe_names(user, mount):
     assert "/" not in name and not name.startswith(".") and name.endswith(".eml")
     assert all(ord(ch) >= 0x20 for ch in name), repr(name)
     assert read(os.path.join(spool(m), name)) == raw
+
+
+# --------------------------------------------------------------------------
+# -o ro: a read-only mount never changes the server (no DELE, ever)
+
+def test_ro_mount_never_deletes(loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    before = pop.uidls()
+    m = mount(user, scheme="pop3s", options=["ro"], debug=True)
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    assert read(os.path.join(spool(m), names[subj])) == msgs[subj]
+    time.sleep(2.5)  # past the session's linger: a consume would have committed by now
+    # Reading just reads: the file stays in spool/, nothing is archived.
+    assert names[subj] in os.listdir(spool(m))
+    assert os.listdir(archive(m)) == []
+    assert read(os.path.join(spool(m), names[subj])) == msgs[subj]
+    # rm is refused like every other change.
+    with pytest.raises(OSError) as e:
+        os.unlink(os.path.join(spool(m), names[subj]))
+    assert e.value.errno == 30  # EROFS
+    problems = m.unmount()
+    assert not problems, problems
+    assert pop.uidls() == before, "-o ro deleted mail on the server"
+    assert not re.search(r"DELE \d", m.log()), "a DELE was sent by a read-only mount"
+
+
+def test_ro_mount_does_not_finish_an_earlier_consume(loaded, mount):
+    """A consume that a crash cut after the archive (DELE not sent) is finished by the next
+    ordinary sync; a read-only mount must leave it on the server."""
+    user, token, msgs = loaded
+    pop = Pop(user)
+    before = pop.uidls()
+    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": "after_fsync"})
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    try:
+        read(os.path.join(spool(m), names[subj]))
+    except OSError:
+        pass
+    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash"
+    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
+    m.unmounted = True
+    assert pop.uidls() == before
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, options=["ro"], debug=True)
+    assert os.listdir(archive(m2)) == [names[subj]]
+    time.sleep(1.5)
+    problems = m2.unmount()
+    assert not problems, problems
+    assert pop.uidls() == before, "-o ro deleted an archived message on the server"
+    assert not re.search(r"DELE \d", m2.log())
