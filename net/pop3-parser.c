@@ -9,7 +9,13 @@
  * Body lines have no length limit of their own (real messages have lines
  * far longer than RFC 5322's 998 bytes); only the body's total is bounded.
  * A line ".X" with X other than CR or LF is invalid but common enough from
- * broken servers: as RFC 1939 says, the first '.' is stripped anyway. */
+ * broken servers: as RFC 1939 says, the first '.' is stripped anyway.
+ *
+ * Line ends: a server whose status line ends in CRLF ends a body only with
+ * CRLF "." CRLF, and a line after a bare LF is data, a leading '.' and all
+ * (a strict server stuffs only after CRLF): ending there would cut the
+ * message and shift every pipelined answer after it.  Only a server whose
+ * status line ends in a bare LF has LF "." LF as its terminator. */
 #include "pop3-parser.h"
 
 #include <stdarg.h>
@@ -47,6 +53,8 @@ struct pop3_parser {
 	size_t body_len, body_cap;
 	/* Raw bytes of the current, incomplete response already parsed. */
 	size_t cur_raw;
+	bool lf_only;    /* the status line ended in a bare LF */
+	bool after_crlf; /* body: the line before ended in CRLF (or none) */
 	bool returned; /* resp was handed out: reset before the next one */
 	struct pop3_response resp;
 	char error[128];
@@ -173,7 +181,8 @@ static int pop3_parser_status(struct pop3_parser *p, bool multiline)
 	/* Strip the LF and a CR before it. */
 	if (len > 0 && l[len - 1] == '\n')
 		len--;
-	if (len > 0 && l[len - 1] == '\r')
+	p->lf_only = !(len > 0 && l[len - 1] == '\r');
+	if (!p->lf_only)
 		len--;
 	l[len] = '\0';
 	p->resp.line = l;
@@ -205,6 +214,7 @@ static int pop3_parser_status(struct pop3_parser *p, bool multiline)
 	if (p->resp.status == POP3_STATUS_OK && multiline) {
 		p->resp.multiline = true;
 		p->state = POP3_ST_LINE_START;
+		p->after_crlf = true;
 		return 0;
 	}
 	return 1;
@@ -255,7 +265,7 @@ static int pop3_parser_run_body(struct pop3_parser *p)
 
 		switch (p->state) {
 		case POP3_ST_LINE_START:
-			if (c == '.') {
+			if (c == '.' && (p->lf_only || p->after_crlf)) {
 				p->state = POP3_ST_DOT;
 				p->in_pos++;
 				p->cur_raw++;
@@ -272,15 +282,30 @@ static int pop3_parser_run_body(struct pop3_parser *p)
 				return -1;
 			p->in_pos += n;
 			p->cur_raw += n;
-			if (lf != NULL)
+			if (lf != NULL) {
+				/* The byte before the LF is the body's (an
+				 * unstuffed dot never precedes an LF here). */
+				p->after_crlf = p->body_len >= 2 && p->body[p->body_len - 2] == '\r';
 				p->state = POP3_ST_LINE_START;
+			}
 			break;
 		}
 		case POP3_ST_DOT:
-			if (c == '\n') {
+			if (c == '\n' && p->lf_only) {
 				p->in_pos++;
 				p->cur_raw++;
 				return 1;
+			}
+			if (c == '\n') {
+				/* ".\n" from a CRLF server: not the end; as
+				 * for ".X", the dot goes. */
+				if (pop3_parser_body_add(p, "\n", 1) < 0)
+					return -1;
+				p->in_pos++;
+				p->cur_raw++;
+				p->after_crlf = false;
+				p->state = POP3_ST_LINE_START;
+				break;
 			}
 			if (c == '\r') {
 				p->state = POP3_ST_DOT_CR;

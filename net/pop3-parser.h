@@ -10,7 +10,9 @@
  * A multi-line body is returned dot-unstuffed (a line's leading '.' is
  * removed) without the terminating ".": for RETR it is exactly the message,
  * every line with the line ending the server sent (CRLF, or a bare LF,
- * which is tolerated everywhere).  Every size is checked against the limits
+ * which is tolerated).  Only CRLF "." CRLF ends the body of a response
+ * whose status line ended in CRLF (a "." line after a bare LF is data);
+ * LF "." LF ends it too only when the status line ended in a bare LF.  Every size is checked against the limits
  * before anything is allocated, so a hostile server cannot grow memory
  * beyond max_line + max_body (plus the caller's unread input). */
 #ifndef MAILFS_POP3_PARSER_H

@@ -51,6 +51,11 @@
 #define KV_UIDL "pop3.uidl."
 #define KV_ARCHIVED "pop3.archived."
 #define KV_CONSUMED "pop3.consumed."
+/* A RETR body whose size was not LIST's: readable, never consumed. */
+#define KV_BADSIZE "pop3.badsize."
+
+/* Room for any of the keys above. */
+#define KV_KEY_MAX (32 + POP3_UIDL_MAX)
 
 /* An idle session is ended (QUIT) after this long without a job. */
 #define LINGER_MS 1000
@@ -200,7 +205,7 @@ static void crash_point(struct pstore *s, const char *where)
 
 static bool kv_has(struct pstore *s, const char *prefix, const char *uidl)
 {
-	char key[sizeof(KV_CONSUMED) + POP3_UIDL_MAX + 8];
+	char key[KV_KEY_MAX];
 	char *v = NULL;
 	bool has;
 
@@ -213,7 +218,7 @@ static bool kv_has(struct pstore *s, const char *prefix, const char *uidl)
 static int kv_put(struct pstore *s, const char *prefix, const char *uidl,
 		  const char *value)
 {
-	char key[sizeof(KV_CONSUMED) + POP3_UIDL_MAX + 8];
+	char key[KV_KEY_MAX];
 
 	snprintf(key, sizeof(key), "%s%s", prefix, uidl);
 	return cache_kv_set(s->cache, key, value);
@@ -875,6 +880,32 @@ struct retr_ctx {
 	bool notify; /* call body_done (fetches), not for consume's own */
 };
 
+/* A body whose size is not LIST's octet count may be cut or belong to
+ * another answer: it stays readable, but it is marked never to be
+ * consumed (archived and DELE'd); the mark goes when a RETR agrees. */
+static void check_list_size(struct pstore *s, const struct cache_msg *m, size_t got)
+{
+	struct pop3_msg *pm = m->message_id ? sess_find(&s->sess, m->message_id) : NULL;
+	bool marked;
+	char buf[48];
+
+	if (!pm)
+		return;
+	marked = kv_has(s, KV_BADSIZE, m->message_id);
+	if (pm->size == got) {
+		if (marked)
+			kv_put(s, KV_BADSIZE, m->message_id, NULL);
+		return;
+	}
+	if (marked)
+		return;
+	snprintf(buf, sizeof(buf), "%" PRIu64 " %zu", (uint64_t)pm->size, got);
+	kv_put(s, KV_BADSIZE, m->message_id, buf);
+	log_warn("%s: message %s: LIST said %" PRIu64 " bytes, RETR sent %zu; it can be read "
+		 "but stays in spool/ and on the server", s->eng.server, m->name,
+		 (uint64_t)pm->size, got);
+}
+
 static int on_retr(void *ctx, size_t index, int result, const struct pop3_response *resp)
 {
 	struct retr_ctx *rc = ctx;
@@ -890,15 +921,13 @@ static int on_retr(void *ctx, size_t index, int result, const struct pop3_respon
 	if (cache_msg_get(s->cache, rc->folder_id, uid, &m) < 0)
 		return 0;
 	changed = m.size != resp->body_len;
+	check_list_size(s, &m, resp->body_len);
 	cache_msg_clear(&m);
 	if (cache_body_store(s->cache, rc->folder_id, uid, resp->body, resp->body_len) < 0)
 		return 0;
 	rc->got[index] = true;
-	if (changed) {
-		log_debug("message %" PRIu32 ": LIST said a size other than the %zu bytes RETR sent",
-			  uid, resp->body_len);
+	if (changed)
 		emit_message(s, rc->folder_id, uid);
-	}
 	if (rc->notify)
 		body_done(s, uid, STORE_OK, changed);
 	return 0;
@@ -1045,6 +1074,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 		log_warn("%s: message %s has no UIDL; not consuming it", s->eng.server, m.name);
 		goto out;
 	}
+
 	if (!m.cached) {
 		/* Evicted since it was read: fetch it again. */
 		bool got = false;
@@ -1069,6 +1099,11 @@ static void do_consume(struct pstore *s, uint32_t uid)
 		}
 	}
 	crash_point(s, "after_retr");
+	if (kv_has(s, KV_BADSIZE, m.message_id)) {
+		log_debug("%s: not consuming %s: its body disagreed with LIST", s->eng.server,
+			  m.name);
+		goto out;
+	}
 	/* Pinned before the move: an archived body is never evicted. */
 	cache_msg_set_pinned(s->cache, s->spool_id, uid, true);
 	r = archive_move(s, &m, &archived_name);

@@ -323,8 +323,9 @@ def test_server_without_stls_is_refused(plain_server, make_user, try_mount):
 
 
 class FakePop3:
-    """A scripted POP3 server on 127.0.0.1: `script` maps a command verb to the raw bytes
-    answered; the greeting is sent first.  One connection at a time."""
+    """A scripted POP3 server on 127.0.0.1: `script` maps a whole command line ("RETR 2")
+    or else its verb ("RETR") to the raw bytes answered; the greeting is sent first.  One
+    connection at a time.  `commands` has the verbs received, `lines` the whole lines."""
 
     def __init__(self, script, greeting=b"+OK fake ready\r\n"):
         self.script = script
@@ -334,6 +335,7 @@ class FakePop3:
         self.sock.listen(4)
         self.port = self.sock.getsockname()[1]
         self.commands = []
+        self.lines = []
         self.stop = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -359,8 +361,11 @@ class FakePop3:
                     while b"\r\n" in buf:
                         line, buf = buf.split(b"\r\n", 1)
                         verb = line.split(b" ")[0].upper().decode(errors="replace")
+                        text = line.decode(errors="replace")
                         self.commands.append(verb)
-                        c.sendall(self.script.get(verb, b"-ERR unknown\r\n"))
+                        self.lines.append(text)
+                        answer = self.script.get(text, self.script.get(verb, b"-ERR unknown\r\n"))
+                        c.sendall(answer)
                         if verb == "QUIT":
                             raise ConnectionAbortedError
             except (OSError, ConnectionAbortedError):
@@ -590,3 +595,75 @@ def test_ro_mount_does_not_finish_an_earlier_consume(loaded, mount):
     assert not problems, problems
     assert pop.uidls() == before, "-o ro deleted an archived message on the server"
     assert not re.search(r"DELE \d", m2.log())
+
+
+def test_body_that_disagrees_with_list_is_never_deleted(fake_pop3, mount, tmp_path):
+    """AUDIT A3: a RETR body whose size is not LIST's (a cut or shifted answer) can be read,
+    but is never consumed: not archived, no DELE.  The message that agrees is consumed."""
+    bad = b"From: a@example.com\r\nSubject: bad-001\r\n\r\nshorter than LIST says\r\n"
+    good = b"From: b@example.com\r\nSubject: good-002\r\n\r\nexactly as LIST says\r\n"
+    head = lambda raw: raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    f = fake_pop3({
+        "CAPA": b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\n.\r\n",
+        "USER": b"+OK\r\n",
+        "PASS": b"+OK logged in\r\n",
+        "STAT": b"+OK 2 %d\r\n" % (len(bad) + 20 + len(good)),
+        "UIDL": b"+OK\r\n1 uid-bad\r\n2 uid-good\r\n.\r\n",
+        "LIST": b"+OK\r\n1 %d\r\n2 %d\r\n.\r\n" % (len(bad) + 20, len(good)),
+        "TOP 1 0": b"+OK\r\n" + head(bad) + b".\r\n",
+        "TOP 2 0": b"+OK\r\n" + head(good) + b".\r\n",
+        "RETR 1": b"+OK\r\n" + bad + b".\r\n",
+        "RETR 2": b"+OK\r\n" + good + b".\r\n",
+        "DELE": b"+OK marked\r\n",
+        "QUIT": b"+OK bye\r\n",
+    })
+    m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
+              cafile=False, options=["insecure"],
+              allow=[r"warning: insecure: ", r"LIST said \d+ bytes"])
+    names = {n.split(" - ")[-1]: n for n in os.listdir(spool(m))}
+    assert sorted(names) == ["bad-001.eml", "good-002.eml"], names
+    assert read(os.path.join(spool(m), names["bad-001.eml"])) == bad
+    assert read(os.path.join(spool(m), names["good-002.eml"])) == good
+    assert wait_for(lambda: names["good-002.eml"] in os.listdir(archive(m)))
+    assert wait_for(lambda: "DELE 2" in f.lines)
+    time.sleep(2)
+    assert names["bad-001.eml"] in os.listdir(spool(m))
+    assert os.listdir(archive(m)) == [names["good-002.eml"]]
+    # Read again: still there, still not consumed.
+    assert read(os.path.join(spool(m), names["bad-001.eml"])) == bad
+    problems = m.unmount()
+    assert not problems, problems
+    assert "DELE 1" not in f.lines, f.lines
+    assert "RETR 1" in f.lines and "QUIT" in f.commands
+
+
+def test_dot_line_after_bare_lf_does_not_shift_answers(fake_pop3, mount, tmp_path):
+    """AUDIT A3: message 1 holds "\\n.\\r\\n" after a bare LF (a strict server does not stuff
+    it).  It must not end message 1, nor make its tail the answer to RETR 2."""
+    one = (b"From: a@example.com\r\nSubject: one-001\r\n\r\nhello\n.\r\n"
+           b"+OK fake\r\nEVIL BODY\r\n")
+    two = b"From: b@example.com\r\nSubject: two-002\r\n\r\nreal message two\r\n"
+    head = lambda raw: raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    f = fake_pop3({
+        "CAPA": b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\n.\r\n",
+        "USER": b"+OK\r\n",
+        "PASS": b"+OK logged in\r\n",
+        "STAT": b"+OK 2 %d\r\n" % (len(one) + len(two)),
+        "UIDL": b"+OK\r\n1 uid-one\r\n2 uid-two\r\n.\r\n",
+        "LIST": b"+OK\r\n1 %d\r\n2 %d\r\n.\r\n" % (len(one), len(two)),
+        "TOP 1 0": b"+OK\r\n" + head(one) + b".\r\n",
+        "TOP 2 0": b"+OK\r\n" + head(two) + b".\r\n",
+        "RETR 1": b"+OK\r\n" + one + b".\r\n",
+        "RETR 2": b"+OK\r\n" + two + b".\r\n",
+        "DELE": b"+OK marked\r\n",
+        "QUIT": b"+OK bye\r\n",
+    })
+    m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
+              cafile=False, options=["insecure"], allow=[r"warning: insecure: "])
+    names = {n.split(" - ")[-1]: n for n in os.listdir(spool(m))}
+    assert sorted(names) == ["one-001.eml", "two-002.eml"], names
+    # Reading one pipelines RETR 1 and RETR 2 (read-ahead).
+    assert read(os.path.join(spool(m), names["one-001.eml"])) == one
+    assert read(os.path.join(spool(m), names["two-002.eml"])) == two
+    assert wait_for(lambda: sorted(os.listdir(archive(m))) == sorted(names.values()))
+    assert read(os.path.join(archive(m), names["two-002.eml"])) == two

@@ -230,8 +230,30 @@ static void test_multiline(void)
 		  "OK[]{a.b\\r\\n .\\r\\n} +0");
 	test_case("bare LF body", "+OK\nline1\nline2\n.\n", "M",
 		  "OK[]{line1\\nline2\\n} +0");
-	test_case("mixed endings", "+OK\r\na\nb\r\n..\n.\r\n", "M",
-		  "OK[]{a\\nb\\r\\n.\\n} +0");
+	test_case("mixed endings", "+OK\r\na\nb\r\n..\r\n.\r\n", "M",
+		  "OK[]{a\\nb\\r\\n.\\r\\n} +0");
+	/* A CRLF server (its status line ends in CRLF) ends a body only
+	 * with CRLF "." CRLF: a line after a bare LF is data, dot or not
+	 * (a strict server stuffs only after CRLF). */
+	test_case("dot after bare LF is data", "+OK\r\na\n.\r\nb\r\n.\r\n", "M",
+		  "OK[]{a\\n.\\r\\nb\\r\\n} +0");
+	test_case("dot LF after bare LF is data", "+OK\r\na\n.\nb\r\n.\r\n", "M",
+		  "OK[]{a\\n.\\nb\\r\\n} +0");
+	test_case("dot LF after CRLF", "+OK\r\na\r\n.\nb\r\n.\r\n", "M",
+		  "OK[]{a\\r\\n\\nb\\r\\n} +0");
+	test_case("first body line bare", "+OK\r\n\n.\r\n.\r\n", "M",
+		  "OK[]{\\n.\\r\\n} +0");
+	test_case("LF server: any dot line ends", "+OK\na\n.\r\nb\n.\n", "MS",
+		  "OK[]{a\\n} ERROR:malformed status line (neither +OK nor -ERR): \"b\"");
+	/* AUDIT A3: two pipelined RETR answers; the first holds "\n.\r\n"
+	 * after a bare LF.  Ending there would take its tail as the second
+	 * answer and shift every answer after it by one. */
+	test_case("A3 pipelined RETR with dot after bare LF",
+		  "+OK 60 octets\r\nSubject: a\r\n\r\nhello\n.\r\n+OK fake\r\nEVIL BODY\r\n.\r\n"
+		  "+OK 30 octets\r\nSubject: b\r\n\r\nreal message two\r\n.\r\n",
+		  "MMM",
+		  "OK[60 octets]{Subject: a\\r\\n\\r\\nhello\\n.\\r\\n+OK fake\\r\\nEVIL BODY\\r\\n} "
+		  "OK[30 octets]{Subject: b\\r\\n\\r\\nreal message two\\r\\n} MORE");
 	test_case("dot CR X", "+OK\r\n.\rX\r\n.\r\n", "M", "OK[]{\\rX\\r\\n} +0");
 	test_case("dot CR CR", "+OK\r\n.\r\r\n.\r\n", "M", "OK[]{\\r\\r\\n} +0");
 	test_case("blank lines", "+OK\r\n\r\n\r\n.\r\n", "M", "OK[]{\\r\\n\\r\\n} +0");
