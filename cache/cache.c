@@ -2230,6 +2230,67 @@ int cache_kv_set(struct cache *cache, const char *key, const char *value)
 	return ret;
 }
 
+/* Every key that starts with prefix (not SQL LIKE: '_' and '%' are
+ * ordinary in UIDLs), as a range over the primary key. */
+int cache_kv_keys(struct cache *cache, const char *prefix, char ***keys_r, size_t *n_r)
+{
+	size_t plen = strlen(prefix), n = 0, cap = 0;
+	char **keys = NULL, *hi;
+	sqlite3_stmt *st;
+	int ret = 0, rc;
+
+	*keys_r = NULL;
+	*n_r = 0;
+	if (plen == 0 || (unsigned char)prefix[plen - 1] == 0xff || !(hi = strdup(prefix)))
+		return -EINVAL;
+	hi[plen - 1]++;
+	pthread_mutex_lock(&cache->lock);
+	rc = sqlite3_prepare_v2(cache->db, "SELECT key FROM kv WHERE key >= ?1 AND key < ?2",
+				-1, &st, NULL);
+	if (rc != SQLITE_OK) {
+		ret = cache_failed(cache, NULL, rc);
+		goto out;
+	}
+	cache_bind_text(st, 1, prefix);
+	cache_bind_text(st, 2, hi);
+	while ((ret = cache_step(cache, st)) == 1) {
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			char **k = realloc(keys, ncap * sizeof(*k));
+
+			if (!k) {
+				ret = -ENOMEM;
+				break;
+			}
+			keys = k;
+			cap = ncap;
+		}
+		if ((ret = cache_col_str(st, 0, &keys[n])) < 0 || !keys[n]) {
+			ret = ret < 0 ? ret : -EIO;
+			break;
+		}
+		n++;
+	}
+	sqlite3_finalize(st);
+out:
+	pthread_mutex_unlock(&cache->lock);
+	free(hi);
+	if (ret < 0) {
+		cache_kv_keys_free(keys, n);
+		return ret;
+	}
+	*keys_r = keys;
+	*n_r = n;
+	return 0;
+}
+
+void cache_kv_keys_free(char **keys, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(keys[i]);
+	free(keys);
+}
+
 /* ---- batches ---- */
 
 /* End the outermost batch.  A failed COMMIT rolls the whole batch back;

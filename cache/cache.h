@@ -161,6 +161,9 @@ uint64_t cache_bytes(struct cache *cache);
  * are kept elsewhere; this is for counters and markers ---- */
 int cache_kv_get(struct cache *cache, const char *key, char **value_r);
 int cache_kv_set(struct cache *cache, const char *key, const char *value);
+/* Every key starting with prefix (unordered), freed with cache_kv_keys_free. */
+int cache_kv_keys(struct cache *cache, const char *prefix, char ***keys_r, size_t *n_r);
+void cache_kv_keys_free(char **keys, size_t n);
 
 /* ---- batches ----
  * Make the calls up to the matching cache_commit() one transaction: a

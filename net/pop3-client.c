@@ -445,6 +445,7 @@ static int scan_uidl(void *ctx, unsigned long n, const char *arg, size_t len)
 	struct pop3_msg *m = &sc->msgs[sc->n++];
 	m->n = (unsigned)n;
 	m->size = 0;
+	m->retrieved = false;
 	memcpy(m->uidl, arg, len);
 	m->uidl[len] = '\0';
 	return 0;

@@ -62,6 +62,7 @@ struct pop3_msg {
 	unsigned n;       /* message number in this session, 1.. */
 	uint64_t size;    /* octets, as LIST reports them */
 	char uidl[POP3_UIDL_MAX + 1];
+	bool retrieved;   /* the caller's: RETR'd in this session */
 };
 
 struct pop3_client;

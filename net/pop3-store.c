@@ -14,13 +14,16 @@
  * files runs in one session instead of one per file.
  *
  * Consuming is ordered for "nothing is lost": the body must be in the
- * cache; it is moved into archive/ (cache_msg_move: link, fsync of the
- * directory, synchronous commit), the UIDL is recorded as archived, and
- * only then is DELE sent, which the server applies at QUIT.  A crash
- * between any two steps leaves the message on the server, or in the
- * archive, or both; "both" is repaired by every sync, which deletes (or,
- * with keep, hides) a server message whose UIDL is archived, so it is
- * never offered or archived twice. */
+ * cache; the UIDL is recorded as consumed with the identity of the body
+ * (size, header digest), the body is moved into archive/ (cache_msg_move:
+ * link, fsync of the directory, synchronous commit), and only then is DELE
+ * sent, which the server applies at QUIT.  A crash between any two steps
+ * leaves the message on the server, or in the archive, or both; "both" is
+ * repaired by every sync, which deletes (or, with keep, hides) a server
+ * message whose UIDL is recorded and whose size and header digest are the
+ * archived one's, so it is never offered or archived twice.  A record goes
+ * once a listing lacks its UIDL; a listed UIDL with another identity is a
+ * new message (RFC 1939 lets a server reuse a UIDL) and is offered. */
 #include "pop3-store.h"
 
 #include <errno.h>
@@ -32,8 +35,10 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "engine.h"
 #include "log.h"
@@ -49,10 +54,19 @@
 
 #define KV_NEXT_ID "pop3.next_id"
 #define KV_UIDL "pop3.uidl."
+/* A consumed UIDL and the identity of what was consumed under it:
+ * "<local id> <size> <digest>" ("-": no digest); written before identities
+ * were recorded: "<local id>" alone.  Dropped once a listing lacks the
+ * UIDL: the server may then give it to another message (RFC 1939). */
 #define KV_ARCHIVED "pop3.archived."
 #define KV_CONSUMED "pop3.consumed."
 /* A RETR body whose size was not LIST's: readable, never consumed. */
 #define KV_BADSIZE "pop3.badsize."
+
+/* A header digest: the first 16 bytes of SHA-256, in hex. */
+#define DIGEST_HEX 32
+/* Header bytes looked at for a digest (TOP's and the body's alike). */
+#define IDENT_HEAD_MAX ((size_t)256 << 10)
 
 /* Room for any of the keys above. */
 #define KV_KEY_MAX (32 + POP3_UIDL_MAX)
@@ -107,6 +121,14 @@ struct session {
 	time_t started;
 };
 
+/* A record (KV_ARCHIVED) whose message TOP showed to be the one consumed,
+ * in this mount: with the same number and size it is not asked again. */
+struct verified {
+	char uidl[POP3_UIDL_MAX + 1];
+	unsigned n;
+	uint64_t size;
+};
+
 struct pstore {
 	struct store base;
 	struct url url;
@@ -130,6 +152,8 @@ struct pstore {
 	bool connect_failed; /* the last connect failed (log once) */
 
 	struct session sess; /* the worker's (or new()'s before start) */
+	struct verified *verified; /* the worker's too, sorted by UIDL */
+	size_t nverified;
 	pthread_t worker;
 	bool started;
 };
@@ -413,7 +437,7 @@ static void session_end(struct pstore *s)
 /* ---- headers (TOP n 0) ---- */
 
 struct headers {
-	char *from, *subject, *date, *received;
+	char *from, *subject, *date, *received, *message_id;
 };
 
 static void headers_clear(struct headers *h)
@@ -422,6 +446,7 @@ static void headers_clear(struct headers *h)
 	free(h->subject);
 	free(h->date);
 	free(h->received);
+	free(h->message_id);
 	memset(h, 0, sizeof(*h));
 }
 
@@ -481,6 +506,9 @@ static void parse_headers(const char *p, size_t len, struct headers *h)
 					cur = &h->date;
 				else if (nlen == 8 && !strncasecmp(p, "Received", 8) && !h->received)
 					cur = &h->received;
+				else if (nlen == 10 && !strncasecmp(p, "Message-ID", 10) &&
+					 !h->message_id)
+					cur = &h->message_id;
 			}
 			if (cur) {
 				const char *v = colon + 1;
@@ -556,6 +584,217 @@ static void parse_from(const char *v, char **name_r, char **addr_r)
 		len = (size_t)(paren - v);
 	}
 	*addr_r = trim_dup(v, len);
+}
+
+/* ---- identities (AUDIT A1) ----
+ *
+ * A UIDL names a message only while that message exists: a recreated or
+ * migrated maildrop, or a header-hash UIDL, can give it to another one.
+ * So a consumed UIDL is recorded with the identity of what was consumed
+ * (its size and a digest of its headers), a record is dropped once a
+ * listing lacks its UIDL, and a DELE only goes to a message shown to be
+ * the one made durable: RETR'd in this session, or with the recorded size
+ * and digest (TOP n 0). */
+
+/* A digest of From, Subject, Date, the first Received and Message-ID:
+ * headers a server does not add to one of RETR's and TOP's copies only
+ * (as it may Status: or X-UIDL:).  "" when the message has none of them. */
+static void header_digest(const char *p, size_t len, char out[DIGEST_HEX + 1])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	struct headers h;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	bool any = false, ok;
+
+	out[0] = '\0';
+	parse_headers(p, len < IDENT_HEAD_MAX ? len : IDENT_HEAD_MAX, &h);
+	const char *v[] = { h.from, h.subject, h.date, h.received, h.message_id };
+
+	ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+	for (size_t i = 0; ok && i < sizeof(v) / sizeof(v[0]); i++) {
+		any |= v[i] != NULL;
+		/* With its NUL: "ab","c" and "a","bc" differ. */
+		ok = EVP_DigestUpdate(ctx, v[i] ? v[i] : "", v[i] ? strlen(v[i]) + 1 : 1) == 1;
+	}
+	if (ok && any && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen * 2 >= DIGEST_HEX) {
+		for (size_t i = 0; i < DIGEST_HEX / 2; i++) {
+			out[2 * i] = hex[md[i] >> 4];
+			out[2 * i + 1] = hex[md[i] & 15];
+		}
+		out[DIGEST_HEX] = '\0';
+	}
+	EVP_MD_CTX_free(ctx);
+	headers_clear(&h);
+}
+
+/* header_digest of a cached body. */
+static void body_digest(struct pstore *s, int64_t folder_id, uint32_t uid,
+			char out[DIGEST_HEX + 1])
+{
+	int fd = cache_body_open(s->cache, folder_id, uid);
+	char *buf = fd >= 0 ? malloc(IDENT_HEAD_MAX) : NULL;
+	size_t len = 0;
+
+	out[0] = '\0';
+	while (buf && len < IDENT_HEAD_MAX) {
+		ssize_t got = read(fd, buf + len, IDENT_HEAD_MAX - len);
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			break;
+		len += (size_t)got;
+	}
+	if (buf)
+		header_digest(buf, len, out);
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+}
+
+struct record {
+	uint32_t uid;               /* its local id (archive/ row) */
+	uint64_t size;
+	char digest[DIGEST_HEX + 1]; /* "": unknown */
+	bool old;                   /* from before identities: only uid */
+};
+
+static bool record_get(struct pstore *s, const char *uidl, struct record *rec)
+{
+	char key[KV_KEY_MAX], dig[DIGEST_HEX + 2] = "", *v = NULL;
+	unsigned long long id = 0, size = 0;
+	int k;
+
+	memset(rec, 0, sizeof(*rec));
+	snprintf(key, sizeof(key), "%s%s", KV_ARCHIVED, uidl);
+	if (cache_kv_get(s->cache, key, &v) < 0)
+		return false;
+	k = sscanf(v, "%llu %llu %33s", &id, &size, dig);
+	free(v);
+	rec->uid = id <= UINT32_MAX ? (uint32_t)id : 0;
+	rec->old = k < 2;
+	rec->size = size;
+	if (k == 3 && strlen(dig) == DIGEST_HEX)
+		strcpy(rec->digest, dig);
+	return true;
+}
+
+static int record_put(struct pstore *s, const char *uidl, uint32_t uid, uint64_t size,
+		      const char *digest)
+{
+	char v[80];
+
+	snprintf(v, sizeof(v), "%" PRIu32 " %" PRIu64 " %s", uid, size,
+		 digest[0] ? digest : "-");
+	return kv_put(s, KV_ARCHIVED, uidl, v);
+}
+
+/* The UIDL is no longer a consumed one (its message is another). */
+static void record_drop(struct pstore *s, const char *uidl)
+{
+	kv_put(s, KV_ARCHIVED, uidl, NULL);
+	kv_put(s, KV_CONSUMED, uidl, NULL);
+}
+
+/* The size of an archived body still held, or UINT64_MAX. */
+static uint64_t archived_size(struct pstore *s, uint32_t uid)
+{
+	struct cache_msg m;
+	uint64_t size = UINT64_MAX;
+
+	if (cache_msg_get(s->cache, s->archive_id, uid, &m) == 0) {
+		if (m.cached)
+			size = m.size;
+		cache_msg_clear(&m);
+	}
+	return size;
+}
+
+static int cmp_verified(const void *a, const void *b)
+{
+	return strcmp(((const struct verified *)a)->uidl, ((const struct verified *)b)->uidl);
+}
+
+static bool verified_has(struct pstore *s, const struct pop3_msg *pm)
+{
+	struct verified key, *v;
+
+	strcpy(key.uidl, pm->uidl);
+	v = s->nverified ? bsearch(&key, s->verified, s->nverified, sizeof(key), cmp_verified)
+			 : NULL;
+	return v && v->n == pm->n && v->size == pm->size;
+}
+
+/* Drop the records of UIDLs this session's listing lacks: their messages
+ * are gone (a committed DELE, or another client), and the server may give
+ * the UIDL to a new message. */
+static void forget_unlisted(struct pstore *s)
+{
+	static const char *const prefixes[] = { KV_ARCHIVED, KV_CONSUMED, KV_BADSIZE };
+	size_t dropped = 0;
+	bool batch = cache_begin(s->cache) == 0;
+
+	for (size_t p = 0; p < sizeof(prefixes) / sizeof(prefixes[0]); p++) {
+		size_t plen = strlen(prefixes[p]), n;
+		char **keys;
+
+		if (cache_kv_keys(s->cache, prefixes[p], &keys, &n) < 0)
+			continue;
+		for (size_t i = 0; i < n; i++) {
+			if (sess_find(&s->sess, keys[i] + plen))
+				continue;
+			if (cache_kv_set(s->cache, keys[i], NULL) == 0)
+				dropped++;
+		}
+		cache_kv_keys_free(keys, n);
+	}
+	if (batch && cache_commit(s->cache) < 0)
+		log_warn("%s: cannot forget the records of messages gone from the server",
+			 s->eng.server);
+	if (dropped)
+		log_debug("%s: forgot %zu records of messages gone from the server", s->eng.server,
+			  dropped);
+}
+
+/* A record whose UIDL is listed, waiting for TOP. */
+struct check {
+	struct pop3_msg *pm;
+	struct record rec;
+	bool want_dele; /* not kept: the consume's DELE may still be owed */
+	bool got;       /* TOP answered */
+	char digest[DIGEST_HEX + 1];
+};
+
+static int on_top_check(void *ctx, size_t index, int result, const struct pop3_response *resp)
+{
+	struct check *c = &((struct check *)ctx)[index];
+
+	if (result == POP3_RESULT_OK) {
+		c->got = true;
+		header_digest(resp->body, resp->body_len, c->digest);
+	}
+	return 0;
+}
+
+/* Is the session's message pm the one consumed with this size and digest?
+ * 1, 0, or a negative errno (connection). */
+static int same_message(struct pstore *s, struct pop3_msg *pm, uint64_t size, const char *digest)
+{
+	struct check c = { .pm = pm };
+	int r;
+
+	if (pm->size != size)
+		return 0;
+	if (pm->retrieved)
+		return 1; /* RETR'd in this session: numbers hold until QUIT */
+	if (!digest[0])
+		return 0;
+	r = pop3_client_batch(s->sess.client, "TOP", " 0", true, &pm->n, 1, on_top_check, &c);
+	if (r < 0)
+		return r;
+	return c.got && !strcmp(c.digest, digest);
 }
 
 /* ---- sync ---- */
@@ -760,49 +999,151 @@ static void put_new(struct pstore *s, struct newmsg *nm, size_t n)
 	}
 }
 
+/* Settle the records whose UIDL the listing has, now that TOP told who
+ * their messages are: DELE the one owed a DELE, hide the consumed, and
+ * offer (add to nm) a message that only inherited a consumed UIDL.  0 or
+ * a negative errno (connection). */
+static int settle_checks(struct pstore *s, struct check *chk, size_t nchk,
+			 struct spool_row *rows, size_t nrows, struct newmsg *nm, unsigned *nums,
+			 size_t *nnew, struct verified *nv, size_t *nnv)
+{
+	struct session *se = &s->sess;
+
+	for (size_t i = 0; i < nchk; i++) {
+		struct check *c = &chk[i];
+		struct pop3_msg *pm = c->pm;
+		bool known = c->digest[0] && c->rec.digest[0];
+
+		if (known && strcmp(c->digest, c->rec.digest)) {
+			struct spool_row *row = find_row(rows, nrows, pm->uidl);
+
+			log_info("%s: UIDL %s now names another message than the one consumed; "
+				 "offering it", s->eng.server, pm->uidl);
+			record_drop(s, pm->uidl);
+			if (row) {
+				row->seen = true;
+			} else {
+				nm[*nnew].pm = pm;
+				nums[(*nnew)++] = pm->n;
+			}
+			continue;
+		}
+		if (c->got) {
+			strcpy(nv[*nnv].uidl, pm->uidl);
+			nv[*nnv].n = pm->n;
+			nv[(*nnv)++].size = pm->size;
+		}
+		if (!c->want_dele)
+			continue;
+		/* Finish a consume a crash or a lost QUIT left: only for the
+		 * very message whose copy is in archive/. */
+		if (!known || archived_size(s, c->rec.uid) != c->rec.size) {
+			log_debug("%s: not deleting message %s: it cannot be shown to be the one archived",
+				  s->eng.server, pm->uidl);
+			continue;
+		}
+		log_info("%s: deleting message %s from the server: it was archived before",
+			 s->eng.server, pm->uidl);
+		int r = pop3_client_dele(se->client, pm->n);
+
+		if (r < 0)
+			return r;
+		if (r == POP3_RESULT_OK)
+			se->dirty = true;
+	}
+	return 0;
+}
+
+/* What a listed message with a consumed record is: hidden (1; 3: shown
+ * to be the consumed one earlier in this mount), to be offered as new (0,
+ * the record dropped), or to be asked with TOP (2, *c filled). */
+static int judge_record(struct pstore *s, struct pop3_msg *pm, const struct record *rec,
+			struct check *c)
+{
+	bool kept = kv_has(s, KV_CONSUMED, pm->uidl);
+
+	if (rec->old) {
+		/* Recorded before identities: hidden while its archived copy
+		 * has this size, and never deleted again. */
+		if (archived_size(s, rec->uid) == pm->size)
+			return 1;
+		log_info("%s: UIDL %s was consumed, but its archived copy is gone or of another "
+			 "size; offering the server's message", s->eng.server, pm->uidl);
+		record_drop(s, pm->uidl);
+		return 0;
+	}
+	if (rec->size != pm->size) {
+		log_info("%s: UIDL %s now names another message than the one consumed (%" PRIu64
+			 " bytes, not %" PRIu64 "); offering it", s->eng.server, pm->uidl,
+			 (uint64_t)pm->size, rec->size);
+		record_drop(s, pm->uidl);
+		return 0;
+	}
+	c->pm = pm;
+	c->rec = *rec;
+	c->want_dele = !s->keep && !kept;
+	/* Shown this mount to be the consumed one, and nothing owed. */
+	if (!c->want_dele && verified_has(s, pm))
+		return 3;
+	return 2;
+}
+
 /* Bring spool/ in line with the maildrop of the open session; DELE what
  * was archived and not yet deleted.  0 or a negative errno (connection). */
 static int do_sync(struct pstore *s)
 {
 	struct session *se = &s->sess;
-	struct spool_row *rows = NULL, *arch = NULL;
-	size_t nrows = 0, narch = 0, nnew = 0;
+	struct spool_row *rows = NULL;
+	size_t nrows = 0, nnew = 0, nchk = 0, nnv = 0;
 	struct newmsg *nm = NULL;
-	unsigned *nums = NULL;
+	struct check *chk = NULL;
+	struct verified *nv = NULL;
+	unsigned *nums = NULL, *cnums = NULL;
+	size_t cap = se->nmsgs ? se->nmsgs : 1;
+	unsigned caps = pop3_client_caps(se->client);
+	/* Without CAPA, TOP may still work; with CAPA, believe it. */
+	bool top = !(caps & POP3_CAP_CAPA) || (caps & POP3_CAP_TOP);
 	int r = 0;
 
-	if (load_rows(s, s->spool_id, &rows, &nrows) < 0 ||
-	    load_rows(s, s->archive_id, &arch, &narch) < 0) {
+	if (load_rows(s, s->spool_id, &rows, &nrows) < 0) {
 		r = -EIO;
 		goto out;
 	}
-	nm = calloc(se->nmsgs ? se->nmsgs : 1, sizeof(*nm));
-	nums = calloc(se->nmsgs ? se->nmsgs : 1, sizeof(*nums));
-	if (!nm || !nums) {
+	nm = calloc(cap, sizeof(*nm));
+	nums = calloc(cap, sizeof(*nums));
+	chk = calloc(cap, sizeof(*chk));
+	cnums = calloc(cap, sizeof(*cnums));
+	nv = calloc(cap, sizeof(*nv));
+	if (!nm || !nums || !chk || !cnums || !nv) {
 		r = -ENOMEM;
 		goto out;
 	}
+	forget_unlisted(s);
 	for (size_t i = 0; i < se->nmsgs; i++) {
 		struct pop3_msg *pm = &se->msgs[i];
 		struct spool_row *row = find_row(rows, nrows, pm->uidl);
-		bool consumed = kv_has(s, KV_CONSUMED, pm->uidl);
-		bool archived = consumed || find_row(arch, narch, pm->uidl) ||
-				kv_has(s, KV_ARCHIVED, pm->uidl);
+		struct record rec;
+		bool has = record_get(s, pm->uidl, &rec);
 
-		if (archived) {
-			/* Read before: never offered again.  Without keep,
-			 * finish what a crash or a lost connection left. */
-			if (!s->keep && !consumed) {
-				log_info("%s: deleting message %s from the server: it was archived before",
-					 s->eng.server, pm->uidl);
-				r = pop3_client_dele(se->client, pm->n);
-				if (r < 0)
-					goto out;
-				if (r == POP3_RESULT_OK)
-					se->dirty = true;
-				r = 0;
+		if (has && row && row->uid == rec.uid) {
+			/* A consume that stopped before its move: not consumed. */
+			record_drop(s, pm->uidl);
+			has = false;
+		}
+		if (has) {
+			int j = judge_record(s, pm, &rec, &chk[nchk]);
+
+			if (j == 3) {
+				strcpy(nv[nnv].uidl, pm->uidl);
+				nv[nnv].n = pm->n;
+				nv[nnv++].size = pm->size;
 			}
-			continue; /* a spool row, if any, is swept below */
+			if (j == 1 || j == 3)
+				continue; /* a spool row, if any, is swept below */
+			if (j == 2) {
+				cnums[nchk++] = pm->n;
+				continue;
+			}
 		}
 		if (row) {
 			row->seen = true;
@@ -811,6 +1152,17 @@ static int do_sync(struct pstore *s)
 		nm[nnew].pm = pm;
 		nums[nnew] = pm->n;
 		nnew++;
+	}
+	if (nchk > 0) {
+		if (top) {
+			r = pop3_client_batch(se->client, "TOP", " 0", true, cnums, nchk, on_top_check,
+					      chk);
+			if (r < 0)
+				goto out;
+		}
+		r = settle_checks(s, chk, nchk, rows, nrows, nm, nums, &nnew, nv, &nnv);
+		if (r < 0)
+			goto out;
 	}
 	/* Gone from the server (or archived): leaves spool/. */
 	for (size_t i = 0; i < nrows; i++) {
@@ -824,10 +1176,8 @@ static int do_sync(struct pstore *s)
 	}
 	if (nnew > 0) {
 		struct top_ctx tc = { .s = s, .nm = nm };
-		unsigned caps = pop3_client_caps(se->client);
 
-		/* Without CAPA, TOP may still work; with CAPA, believe it. */
-		if (!(caps & POP3_CAP_CAPA) || (caps & POP3_CAP_TOP)) {
+		if (top) {
 			r = pop3_client_batch(se->client, "TOP", " 0", true, nums, nnew, on_top, &tc);
 			if (r < 0)
 				goto out;
@@ -835,6 +1185,12 @@ static int do_sync(struct pstore *s)
 		put_new(s, nm, nnew);
 		log_debug("%s: %zu new messages", s->eng.server, nnew);
 	}
+	if (nnv)
+		qsort(nv, nnv, sizeof(*nv), cmp_verified);
+	free(s->verified);
+	s->verified = nv;
+	s->nverified = nnv;
+	nv = NULL;
 	pthread_mutex_lock(&s->eng.lock);
 	s->eng.last_sync = (int64_t)time(NULL);
 	pthread_mutex_unlock(&s->eng.lock);
@@ -846,8 +1202,10 @@ out:
 			free(nm[i].base);
 	free(nm);
 	free(nums);
+	free(chk);
+	free(cnums);
+	free(nv);
 	free_rows(rows, nrows);
-	free_rows(arch, narch);
 	return r;
 }
 
@@ -922,9 +1280,16 @@ static int on_retr(void *ctx, size_t index, int result, const struct pop3_respon
 		return 0;
 	changed = m.size != resp->body_len;
 	check_list_size(s, &m, resp->body_len);
-	cache_msg_clear(&m);
-	if (cache_body_store(s->cache, rc->folder_id, uid, resp->body, resp->body_len) < 0)
+	if (cache_body_store(s->cache, rc->folder_id, uid, resp->body, resp->body_len) < 0) {
+		cache_msg_clear(&m);
 		return 0;
+	}
+	/* The cached body is this session's message of that UIDL. */
+	struct pop3_msg *pm = sess_find(&s->sess, m.message_id);
+
+	if (pm)
+		pm->retrieved = true;
+	cache_msg_clear(&m);
 	rc->got[index] = true;
 	if (changed)
 		emit_message(s, rc->folder_id, uid);
@@ -1065,7 +1430,7 @@ static int archive_move(struct pstore *s, const struct cache_msg *m, char **name
 static void do_consume(struct pstore *s, uint32_t uid)
 {
 	struct cache_msg m;
-	char *archived_name = NULL;
+	char *archived_name = NULL, digest[DIGEST_HEX + 1];
 	int r;
 
 	if (cache_msg_get(s->cache, s->spool_id, uid, &m) < 0)
@@ -1097,10 +1462,25 @@ static void do_consume(struct pstore *s, uint32_t uid)
 				 m.name);
 			goto out;
 		}
+		/* Its size is now the body's. */
+		cache_msg_clear(&m);
+		if (cache_msg_get(s->cache, s->spool_id, uid, &m) < 0)
+			return;
 	}
 	crash_point(s, "after_retr");
 	if (kv_has(s, KV_BADSIZE, m.message_id)) {
 		log_debug("%s: not consuming %s: its body disagreed with LIST", s->eng.server,
+			  m.name);
+		goto out;
+	}
+	/* Recorded with what was consumed before the move; a record whose
+	 * uid is still in spool/ (the move did not happen) counts for
+	 * nothing. */
+	body_digest(s, s->spool_id, uid, digest);
+	if (record_put(s, m.message_id, uid, m.size, digest) < 0 ||
+	    (s->keep && kv_put(s, KV_CONSUMED, m.message_id, "1") < 0)) {
+		record_drop(s, m.message_id);
+		log_error("%s: cannot record %s as consumed; it stays in spool/", s->eng.server,
 			  m.name);
 		goto out;
 	}
@@ -1109,19 +1489,12 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	r = archive_move(s, &m, &archived_name);
 	if (r < 0) {
 		cache_msg_set_pinned(s->cache, s->spool_id, uid, false);
+		record_drop(s, m.message_id);
 		log_error("%s: cannot archive %s: %s; it stays in spool/", s->eng.server, m.name,
 			  strerror(-r));
 		goto out;
 	}
-	{
-		char idbuf[16];
-
-		snprintf(idbuf, sizeof(idbuf), "%" PRIu32, uid);
-		kv_put(s, KV_ARCHIVED, m.message_id, idbuf);
-		if (s->keep)
-			kv_put(s, KV_CONSUMED, m.message_id, "1");
-		kv_put(s, KV_UIDL, m.message_id, NULL);
-	}
+	kv_put(s, KV_UIDL, m.message_id, NULL);
 	emit_entry(s, s->spool_id, m.name);
 	emit_entry(s, s->archive_id, archived_name);
 	crash_point(s, "after_fsync");
@@ -1133,6 +1506,13 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	struct pop3_msg *pm = sess_find(&s->sess, m.message_id);
 	if (!pm)
 		goto out; /* gone from the server already */
+	r = same_message(s, pm, m.size, digest);
+	if (r <= 0) {
+		if (r == 0)
+			log_warn("%s: not deleting %s from the server: its UIDL %s may name another "
+				 "message now", s->eng.server, m.name, m.message_id);
+		goto out; /* r < 0: the next sync checks again */
+	}
 	r = pop3_client_dele(s->sess.client, pm->n);
 	if (r == POP3_RESULT_OK) {
 		s->sess.dirty = true;
@@ -1557,6 +1937,7 @@ static void pstore_destroy(struct store **basep)
 		free(s->password);
 	}
 	free(s->cafile);
+	free(s->verified);
 	free(s->url.user);
 	free(s->url.host);
 	free(s->url.scheme);

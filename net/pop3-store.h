@@ -17,11 +17,30 @@
  * "pop3.next_id"; the mapping "pop3.uidl.<UIDL>"), which is the message's
  * UID in spool/ and then in archive/ (user.mail.uid stays).  The
  * message row's message_id holds the UIDL.  Consumed UIDLs are recorded as
- * "pop3.archived.<UIDL>" (and with keep "pop3.consumed.<UIDL>": a message
- * consumed under keep stays on the server for good, even when a later
- * mount has no keep).  Every sync DELEs a server message whose UIDL is
- * archived but not kept, which finishes a consume that a crash or a lost
- * connection interrupted between the archive and QUIT.
+ * "pop3.archived.<UIDL>" = "<local id> <size> <header digest>" (and with
+ * keep "pop3.consumed.<UIDL>": a message consumed under keep stays on the
+ * server for good, even when a later mount has no keep).  The digest is
+ * SHA-256 over From, Subject, Date, the first Received and Message-ID, the
+ * same from RETR's body as from TOP n 0.  Every sync DELEs a server message
+ * whose UIDL is recorded, not kept, with the recorded size and digest (TOP)
+ * and whose archived copy is there with that size, which finishes a consume
+ * that a crash or a lost connection interrupted between the archive and
+ * QUIT.  A consume's own DELE goes only to a message RETR'd in the same
+ * session or shown the same by TOP.  A listed UIDL whose message has
+ * another size or digest is a new message that inherited the UIDL (RFC
+ * 1939 allows it after the first is gone): its record is dropped and it is
+ * offered in spool/.  Records (also pop3.badsize.<UIDL>) of UIDLs a
+ * listing lacks are dropped.  Kept messages are checked with TOP once per
+ * mount (and again when their number or size changes).
+ *
+ * Records from before identities hold "<local id>" alone: such a UIDL is
+ * hidden while its archived copy has the server message's size, and never
+ * deleted again (nothing shows it is the message archived); otherwise it
+ * is offered.  A server without TOP gets no digests: its consumes DELE in
+ * the session that RETR'd the message, and nothing else is deleted.
+ *
+ * A RETR body whose size is not LIST's is readable but never consumed
+ * ("pop3.badsize.<UIDL>"): it stays in spool/ and on the server.
  *
  * With `ro` the server is never changed: no DELE is sent, neither for a
  * read (reading a spool message just reads it; it stays in spool/ and

@@ -13,6 +13,7 @@ Contract: /work/shared/SPEC.md ("The tree (POP3)", the `keep` option, "Bad input
 failure": nothing is lost).
 """
 import os
+import shutil
 import poplib
 import re
 import socket
@@ -667,3 +668,154 @@ def test_dot_line_after_bare_lf_does_not_shift_answers(fake_pop3, mount, tmp_pat
     assert read(os.path.join(spool(m), names["two-002.eml"])) == two
     assert wait_for(lambda: sorted(os.listdir(archive(m))) == sorted(names.values()))
     assert read(os.path.join(archive(m), names["two-002.eml"])) == two
+
+
+# --------------------------------------------------------------------------
+# AUDIT A1: a UIDL the server gives again, to another message
+
+def recreate_inbox(user, msgs, old):
+    """Empty the server's INBOX by recreating it, deliver msgs into it, and give it the old
+    UIDVALIDITY: Dovecot's UIDLs (%08Xu%08Xv) then start over at the ones already used, as a
+    migrated or recreated mailbox does (RFC 1939 lets a server reuse a unique-id once its
+    message is gone).  old: a {uidl: ...} the server gave before.  Returns the new
+    {uidl: (n, size)}."""
+    validity = {int(u[8:], 16) for u in old}
+    assert len(validity) == 1, old
+    user.close()
+    shutil.rmtree(os.path.join(user.server.mail_dir, user.name, "Maildir", "INBOX"))
+    user.append_many("INBOX", msgs)
+    user.server.doveadm("mailbox", "update", "-u", user.name, "--uid-validity",
+                        str(validity.pop()), "INBOX")
+    return Pop(user).uidls()
+
+
+def test_reused_uidl_is_not_deleted_unread(user, mount):
+    token = "r%x" % (int(time.time() * 1000) % 0xffffff)
+    a, b = make_msg(token, 1), make_msg(token, 2)  # same size, other headers
+    assert len(a) == len(b)
+    user.append_many("INBOX", [a])
+    first = Pop(user).uidls()
+    m = mount(user, scheme="pop3s")
+    name = by_subject(spool(m))[subject_of(a)]
+    assert read(os.path.join(spool(m), name)) == a
+    assert wait_for(lambda: name in os.listdir(archive(m)))
+    problems = m.unmount()
+    assert not problems, problems
+    assert Pop(user).uidls() == {}
+    # The mailbox is recreated and message b gets the UIDL a had.
+    now = recreate_inbox(user, [b], first)
+    assert sorted(now) == sorted(first), (now, first)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, debug=True)
+    time.sleep(1.5)
+    assert Pop(user).uidls() == now, "a reused UIDL was deleted from the server unread"
+    assert not re.search(r"DELE \d", m2.log())
+    names = by_subject(spool(m2))
+    assert subject_of(b) in names, "the new message is not offered in spool/"
+    assert read(os.path.join(spool(m2), names[subject_of(b)])) == b
+    assert read(os.path.join(archive(m2), name)) == a
+    # Consumed like any other, and both copies kept.
+    assert wait_for(lambda: Pop(user).uidls() == {})
+    assert sorted(by_subject(archive(m2))) == sorted([subject_of(a), subject_of(b)])
+
+
+def test_keep_offers_a_reused_uidl_again(user, mount):
+    token = "k%x" % (int(time.time() * 1000) % 0xffffff)
+    a, b = make_msg(token, 1), make_msg(token, 2)
+    user.append_many("INBOX", [a])
+    first = Pop(user).uidls()
+    m = mount(user, scheme="pop3s", options=["keep"])
+    name = by_subject(spool(m))[subject_of(a)]
+    assert read(os.path.join(spool(m), name)) == a
+    assert wait_for(lambda: name in os.listdir(archive(m)))
+    problems = m.unmount()
+    assert not problems, problems
+    assert Pop(user).uidls() == first
+    now = recreate_inbox(user, [b], first)
+    assert sorted(now) == sorted(first), (now, first)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, options=["keep"])
+    names = by_subject(spool(m2))
+    assert sorted(names) == [subject_of(b)], "keep: a reused UIDL is hidden as if read"
+    assert read(os.path.join(spool(m2), names[subject_of(b)])) == b
+    assert wait_for(lambda: subject_of(b) in by_subject(archive(m2)))
+    assert Pop(user).uidls() == now
+
+
+def test_kept_message_is_still_hidden_after_remount(loaded, mount):
+    """The identity check must not offer a kept (consumed) message again."""
+    user, token, msgs = loaded
+    before = Pop(user).uidls()
+    m = mount(user, scheme="pop3s", options=["keep"])
+    names = by_subject(spool(m))
+    for subj in sorted(names)[:2]:
+        read(os.path.join(spool(m), names[subj]))
+    assert wait_for(lambda: len(os.listdir(archive(m))) == 2)
+    problems = m.unmount()
+    assert not problems, problems
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir)  # no keep now: still no DELE
+    assert sorted(by_subject(spool(m2))) == sorted(names)[2:]
+    time.sleep(1.5)
+    with open(os.path.join(m2.path, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")
+    time.sleep(2)
+    assert sorted(by_subject(spool(m2))) == sorted(names)[2:]
+    assert Pop(user).uidls() == before
+
+
+def test_record_is_forgotten_once_the_server_no_longer_lists_it(user, mount):
+    """The same bytes delivered again under the same UIDL (a header-hash UIDL does this) after
+    the first copy's DELE was committed and a listing no longer had it: a new message."""
+    token = "f%x" % (int(time.time() * 1000) % 0xffffff)
+    a = make_msg(token, 1)
+    user.append_many("INBOX", [a])
+    first = Pop(user).uidls()
+    m = mount(user, scheme="pop3s")
+    name = by_subject(spool(m))[subject_of(a)]
+    assert read(os.path.join(spool(m), name)) == a
+    assert wait_for(lambda: Pop(user).uidls() == {})
+    time.sleep(1.5)
+    with open(os.path.join(m.path, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")  # a listing without the UIDL
+    time.sleep(2)
+    problems = m.unmount()
+    assert not problems, problems
+    now = recreate_inbox(user, [a], first)
+    assert sorted(now) == sorted(first)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, debug=True)
+    time.sleep(1.5)
+    assert Pop(user).uidls() == now, "a message delivered again was deleted unread"
+    assert not re.search(r"DELE \d", m2.log())
+    assert subject_of(a) in by_subject(spool(m2))
+
+
+def test_old_records_without_identity_are_hidden_but_never_deleted(loaded, mount):
+    """A cache from before identities: pop3.archived.<UIDL> holds only the local id.  A
+    message archived there whose DELE was never sent stays hidden (its archived copy has the
+    server's size) and is never deleted, since nothing shows it is the same message."""
+    import sqlite3
+    user, token, msgs = loaded
+    pop = Pop(user)
+    before = pop.uidls()
+    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": "after_fsync"})
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    try:
+        read(os.path.join(spool(m), names[subj]))
+    except OSError:
+        pass
+    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash"
+    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
+    m.unmounted = True
+    db = sqlite3.connect(os.path.join(m.cache_dir, "index.sqlite"))
+    rows = db.execute("SELECT key, value FROM kv WHERE key LIKE 'pop3.archived.%'").fetchall()
+    assert len(rows) == 1, rows
+    db.execute("UPDATE kv SET value = ? WHERE key = ?", (rows[0][1].split()[0], rows[0][0]))
+    db.commit()
+    db.close()
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, debug=True)
+    assert sorted(by_subject(spool(m2))) == sorted(names)[1:]
+    assert os.listdir(archive(m2)) == [names[subj]]
+    time.sleep(1.5)
+    problems = m2.unmount()
+    assert not problems, problems
+    assert pop.uidls() == before
+    assert not re.search(r"DELE \d", m2.log())
