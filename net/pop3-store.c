@@ -116,6 +116,8 @@ struct session {
 	struct pop3_msg *msgs;      /* by number */
 	struct pop3_msg **by_uidl;  /* the same, by UIDL */
 	size_t nmsgs;
+	char **dup_uidls;           /* UIDLs given to several messages */
+	size_t ndup_uidls;
 	bool dirty;                 /* DELE sent: QUIT commits it */
 	struct commit *commits;
 	time_t started;
@@ -268,6 +270,17 @@ static struct pop3_msg *sess_find(struct session *se, const char *uidl)
 	return found ? *found : NULL;
 }
 
+/* Does the open session's listing have this UIDL (once or more)? */
+static bool sess_listed(struct session *se, const char *uidl)
+{
+	if (sess_find(se, uidl))
+		return true;
+	for (size_t i = 0; i < se->ndup_uidls; i++)
+		if (!strcmp(se->dup_uidls[i], uidl))
+			return true;
+	return false;
+}
+
 /* ---- sessions ---- */
 
 /* Log in and list the maildrop.  0, or -1 with *error_r; *auth_failed_r
@@ -329,6 +342,14 @@ static int session_open(struct pstore *s, bool *auth_failed_r, const char **erro
 		if (k - i > 1) {
 			log_warn("%s: the server gives UIDL %s to %zu messages; leaving them alone",
 				 s->eng.server, se->by_uidl[i]->uidl, k - i);
+			/* Still listed: its records are not forgotten. */
+			char **d = realloc(se->dup_uidls, (se->ndup_uidls + 1) * sizeof(*d));
+
+			if (d) {
+				se->dup_uidls = d;
+				if ((d[se->ndup_uidls] = strdup(se->by_uidl[i]->uidl)))
+					se->ndup_uidls++;
+			}
 			/* Marked (a real UIDL is never empty), dropped below. */
 			for (size_t d = i + 1; d < k; d++)
 				se->by_uidl[d]->uidl[0] = '\0';
@@ -432,6 +453,11 @@ static void session_end(struct pstore *s)
 	se->by_uidl = NULL;
 	se->nmsgs = 0;
 	se->dirty = false;
+	for (size_t i = 0; i < se->ndup_uidls; i++)
+		free(se->dup_uidls[i]);
+	free(se->dup_uidls);
+	se->dup_uidls = NULL;
+	se->ndup_uidls = 0;
 }
 
 /* ---- headers (TOP n 0) ---- */
@@ -743,7 +769,7 @@ static void forget_unlisted(struct pstore *s)
 		if (cache_kv_keys(s->cache, prefixes[p], &keys, &n) < 0)
 			continue;
 		for (size_t i = 0; i < n; i++) {
-			if (sess_find(&s->sess, keys[i] + plen))
+			if (sess_listed(&s->sess, keys[i] + plen))
 				continue;
 			if (cache_kv_set(s->cache, keys[i], NULL) == 0)
 				dropped++;
