@@ -335,6 +335,15 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	if (e != STORE_OK)
 		goto out;
 	imap_store_view_changed(s);
+	if (!mc.args[0] && (imap_client_caps(w->client) & IMAP_CAP_UIDPLUS)) {
+		/* OK without COPYUID from a UIDPLUS server: the UID matched
+		 * nothing (another client expunged it), nothing moved.  A
+		 * rename() onto a message must not take this for success. */
+		cache_msg_delete(s->cache, op->folder_id, op->uid);
+		imap_store_emit_entry(s, op->folder_id, m.name);
+		e = STORE_ERR_NOTFOUND;
+		goto out;
+	}
 	newuid = imap_ops_copyuid_dst(mc.args, t.uidvalidity);
 	if (newuid && cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, newuid,
 				     op->name) == 0) {
