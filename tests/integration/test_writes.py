@@ -8,6 +8,7 @@ import collections
 import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -37,6 +38,19 @@ def write_new(path, data, mtime=None):
             os.utime(fd, (mtime, mtime))
     finally:
         os.close(fd)
+
+
+JOURNAL_REMOVE, JOURNAL_APPEND = 1, 3  # cache/journal.h
+
+
+def journal_kinds(mnt):
+    """The kinds of the pending journal entries, in replay order."""
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(mnt.cache_dir, "journal.sqlite"),
+                         uri=True)
+    try:
+        return [k for (k,) in db.execute("SELECT kind FROM journal ORDER BY seq")]
+    finally:
+        db.close()
 
 
 # --------------------------------------------------------------------------
@@ -141,6 +155,9 @@ def test_offline_rename_over_message_replayed(outage):
     os.rename(tmp, os.path.join(o.inbox, victim))
     assert read(os.path.join(o.inbox, victim)) == new
     assert not [n for n in os.listdir(o.inbox) if n.startswith(".")]
+    # the journal holds them in the safe order: the new message first, then the old one's
+    # expunge (a cut in between leaves both, never neither)
+    assert journal_kinds(o.mount) == [JOURNAL_APPEND, JOURNAL_REMOVE]
     come_back(o)
     srv = server_by_mid(o.acct, "INBOX")
     assert mid_of(new) in srv and mid_of(o.cached[victim]) not in srv, sorted(srv)
