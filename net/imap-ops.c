@@ -338,9 +338,11 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	if (!mc.args[0] && (imap_client_caps(w->client) & IMAP_CAP_UIDPLUS)) {
 		/* OK without COPYUID from a UIDPLUS server: the UID matched
 		 * nothing (another client expunged it), nothing moved.  A
-		 * rename() onto a message must not take this for success. */
+		 * rename() onto a message must not take this for success.
+		 * (Should one have moved it all the same, the sync lists it.) */
 		cache_msg_delete(s->cache, op->folder_id, op->uid);
 		imap_store_emit_entry(s, op->folder_id, m.name);
+		imap_sync_folder(w, op->to_folder_id);
 		e = STORE_ERR_NOTFOUND;
 		goto out;
 	}
