@@ -317,10 +317,7 @@ void fs_changes_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	/* A temporary file given up (rsync after a failure): never stored. */
 	if (ino_folder(parent, &folder) && (n = fs_files_take_deferred(m, folder, name))) {
-		pthread_mutex_lock(&m->lock);
-		fs_files_unlink_locked(m, n);
-		pthread_mutex_unlock(&m->lock);
-		fs_files_free(n);
+		fs_files_drop(m, n);
 		fuse_reply_err(req, 0);
 		return;
 	}
@@ -395,21 +392,142 @@ static void rename_victim_gone(void *ctx, enum store_error err, bool changed)
 	rename_msg(p);
 }
 
-static void tmpfile_victim_gone(void *ctx, enum store_error err, bool changed)
+/* ---- rename() onto an existing message ----
+ * rename(2) leaves the target either old or new.  So the new message
+ * reaches the server first (APPEND or MOVE) under a temporary name of ours,
+ * and only then does the old one go and the new one take its name: a
+ * failure on the way leaves the old one in place (and its flags).  The
+ * journal gets the entries in the same order when offline. */
+
+static void replace_free(struct parked *p)
+{
+	free(p->tmp_name);
+	free(p);
+}
+
+/* ".mailfs-N-NAME": no sync makes a name starting with '.' (names.c), the
+ * counter keeps two replacements apart, and NAME says what it is to
+ * anyone who finds one (a crash in the middle; unsent/ after a refusal). */
+static char *replace_tmp_name(struct mfs *m, int64_t folder, const char *name)
+{
+	size_t len = strlen(name);
+
+	/* Cut on a character boundary so that it stays a file name. */
+	if (len > 200) {
+		len = 200;
+		while (len > 0 && ((unsigned char)name[len] & 0xc0) == 0x80)
+			len--;
+	}
+	for (int tries = 0; tries < 100; tries++) {
+		unsigned seq = __atomic_add_fetch(&m->replace_seq, 1, __ATOMIC_RELAXED);
+		struct cache_msg taken;
+		char *t = NULL;
+
+		if (asprintf(&t, ".mailfs-%u-%.*s", seq, (int)len, name) < 0)
+			return NULL;
+		if (cache_msg_lookup(m->cache, folder, t, &taken) < 0)
+			return t;
+		cache_msg_clear(&taken); /* left by an earlier session */
+		free(t);
+	}
+	return NULL;
+}
+
+/* "NAME (2).eml", ...: a visible name for a new message that could not
+ * take the old one's. */
+static char *replace_free_name(struct mfs *m, int64_t folder, const char *name)
+{
+	size_t len = strlen(name);
+	size_t stem = len > 4 && !strcmp(name + len - 4, ".eml") ? len - 4 : len;
+
+	for (unsigned n = 2; n < 1000; n++) {
+		struct cache_msg taken;
+		char *cand = NULL;
+
+		if (asprintf(&cand, "%.*s (%u).eml", (int)(stem > 230 ? 230 : stem), name, n) < 0)
+			return NULL;
+		if (cache_msg_lookup(m->cache, folder, cand, &taken) < 0)
+			return cand;
+		cache_msg_clear(&taken);
+		free(cand);
+	}
+	return NULL;
+}
+
+/* Give the new message (under p->tmp_name) the name `name`. */
+static void replace_name(struct parked *p, const char *name)
+{
+	struct mfs *m = p->m;
+	struct cache_msg nm;
+
+	/* Not there under it: no APPENDUID/COPYUID, the sync named it. */
+	if (!name || cache_msg_lookup(m->cache, p->to_folder_id, p->tmp_name, &nm) < 0)
+		return;
+	if (cache_msg_rename(m->cache, p->to_folder_id, nm.uid, name) == 0) {
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->tmp_name, 0);
+		mfs_note_push(m, folder_ino(p->to_folder_id), name, 0);
+	}
+	cache_msg_clear(&nm);
+}
+
+static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
 {
 	struct parked *p = ctx;
-	struct new_fh *n = p->newfile;
 
 	(void)changed;
 	if (err != STORE_OK && err != STORE_ERR_NOTFOUND) {
-		pthread_mutex_lock(&p->m->lock);
-		n->appending = false; /* still waiting; stored later as it is */
-		pthread_mutex_unlock(&p->m->lock);
+		/* Both are on the server: the new one gets a name of its own. */
+		char *other = replace_free_name(p->m, p->to_folder_id, p->name);
+
+		replace_name(p, other);
+		log_warn("%s: the replaced message could not be removed; the new one is %s",
+			 p->name, other ? other : p->tmp_name);
+		free(other);
 		fuse_reply_err(p->req, mfs_store_errno(err));
-	} else {
-		fs_files_append(p->m, p->req, n);
+		replace_free(p);
+		return;
 	}
-	free(p);
+	/* The old one's disappearance was notified by the store. */
+	replace_name(p, p->name);
+	fuse_reply_err(p->req, 0);
+	replace_free(p);
+}
+
+/* The new message is on the server (or in the journal): the old one goes. */
+static void replace_remove_victim(struct parked *p)
+{
+	p->m->store->ops->remove(p->m->store, p->to_folder_id, p->victim, replace_victim_gone, p);
+}
+
+static void replace_appended(void *ctx, int err)
+{
+	struct parked *p = ctx;
+
+	if (err) {
+		/* The old message is untouched, the temporary file waits. */
+		fuse_reply_err(p->req, err);
+		replace_free(p);
+		return;
+	}
+	replace_remove_victim(p);
+}
+
+static void replace_moved(void *ctx, enum store_error err, bool changed)
+{
+	struct parked *p = ctx;
+	struct cache_msg msg;
+
+	(void)changed;
+	if (err != STORE_OK) {
+		fuse_reply_err(p->req, mfs_store_errno(err));
+		replace_free(p);
+		return;
+	}
+	if (cache_msg_lookup(p->m->cache, p->to_folder_id, p->tmp_name, &msg) == 0) {
+		mfs_note_moved(p->m, msg_ino(p->folder_id, p->uid), msg_ino(p->to_folder_id, msg.uid));
+		cache_msg_clear(&msg);
+	}
+	replace_remove_victim(p);
 }
 
 /* rename(".name.XXXXXX", "name"): the temporary file becomes a message
@@ -431,30 +549,38 @@ static void rename_tmpfile(struct mfs *m, fuse_req_t req, struct new_fh *n, int6
 		if (flags & RENAME_NOREPLACE)
 			err = EEXIST;
 	}
-	n->final_name = err ? NULL : strdup(newname);
-	if (!err && !n->final_name)
-		err = ENOMEM;
 	if (err) {
-		pthread_mutex_lock(&m->lock);
-		n->appending = false;
-		pthread_mutex_unlock(&m->lock);
+		fs_files_untake(m, n);
 		fuse_reply_err(req, err);
 		return;
 	}
 	n->final_folder = to;
 	if (!victim_uid) {
-		fs_files_append(m, req, n);
+		n->final_name = strdup(newname);
+		if (!n->final_name) {
+			fs_files_untake(m, n);
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		fs_files_append_rename(m, req, n, NULL, NULL);
 		return;
 	}
 	struct parked *p = mfs_park(req, folder_ino(to), newname);
 	if (!p) {
-		pthread_mutex_lock(&m->lock);
-		n->appending = false;
-		pthread_mutex_unlock(&m->lock);
+		fs_files_untake(m, n);
 		return;
 	}
-	p->newfile = n;
-	m->store->ops->remove(m->store, to, victim_uid, tmpfile_victim_gone, p);
+	p->to_folder_id = to;
+	p->victim = victim_uid;
+	p->tmp_name = replace_tmp_name(m, to, newname);
+	n->final_name = p->tmp_name ? strdup(p->tmp_name) : NULL;
+	if (!n->final_name) {
+		fs_files_untake(m, n);
+		fuse_reply_err(req, ENOMEM);
+		replace_free(p);
+		return;
+	}
+	fs_files_append_rename(m, NULL, n, replace_appended, p);
 }
 
 void fs_changes_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -552,10 +678,22 @@ void fs_changes_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	p->folder_id = from;
 	p->uid = uid;
 	p->to_folder_id = to;
-	if (victim)
+	if (victim && from != to) {
+		p->victim = victim;
+		p->tmp_name = replace_tmp_name(m, to, newname);
+		if (!p->tmp_name) {
+			fuse_reply_err(req, ENOMEM);
+			free(p);
+			return;
+		}
+		m->store->ops->move(m->store, from, uid, to, p->tmp_name, replace_moved, p);
+	} else if (victim) {
+		/* Within a folder the rename is ours alone and cannot be
+		 * refused: the old one goes first, then the name is taken. */
 		m->store->ops->remove(m->store, to, victim, rename_victim_gone, p);
-	else
+	} else {
 		rename_msg(p);
+	}
 }
 
 void fs_changes_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,

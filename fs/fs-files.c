@@ -386,6 +386,12 @@ struct append_ctx {
 	struct mfs *m;
 	fuse_req_t req; /* NULL when done from release: nobody to tell */
 	struct new_fh *n;
+	/* A rename's APPEND: a failure leaves the temporary file waiting,
+	 * and then (if set) continues instead of replying to req. */
+	bool rename;
+	fs_files_then_fn *then;
+	void *then_ctx;
+	bool on_stack; /* out of memory: not to be freed */
 };
 
 void fs_files_unlink_locked(struct mfs *m, struct new_fh *n)
@@ -397,66 +403,159 @@ void fs_files_unlink_locked(struct mfs *m, struct new_fh *n)
 		}
 }
 
+static void reply_waiters(struct flush_wait *w, int err)
+{
+	while (w) {
+		struct flush_wait *next = w->next;
+
+		fuse_reply_err(w->req, err);
+		free(w);
+		w = next;
+	}
+}
+
 void fs_files_free(struct new_fh *n)
 {
+	/* Only at unmount can FLUSHes still wait: nobody reads a reply then. */
+	while (n->waiters) {
+		struct flush_wait *w = n->waiters;
+
+		n->waiters = w->next;
+		free(w);
+	}
 	close(n->fd);
 	free(n->final_name);
 	free(n);
+}
+
+/* Back to a temporary file waiting for its rename (or DEFER_SECONDS more). */
+static void untake_locked(struct new_fh *n)
+{
+	n->appending = false;
+	free(n->final_name);
+	n->final_name = NULL;
+	if (n->released)
+		n->released_at = time(NULL);
+}
+
+void fs_files_untake(struct mfs *m, struct new_fh *n)
+{
+	struct flush_wait *w;
+
+	pthread_mutex_lock(&m->lock);
+	untake_locked(n);
+	w = n->waiters;
+	n->waiters = NULL;
+	pthread_mutex_unlock(&m->lock);
+	/* It was checked to be a message at its first FLUSH. */
+	reply_waiters(w, 0);
+}
+
+void fs_files_drop(struct mfs *m, struct new_fh *n)
+{
+	struct flush_wait *w;
+	bool free_now;
+
+	pthread_mutex_lock(&m->lock);
+	fs_files_unlink_locked(m, n);
+	n->appending = false;
+	n->dropped = true;
+	w = n->waiters;
+	n->waiters = NULL;
+	/* Before its RELEASE the kernel still has the fh: RELEASE frees it. */
+	free_now = n->released;
+	pthread_mutex_unlock(&m->lock);
+	reply_waiters(w, 0);
+	mfs_note_push(m, folder_ino(n->folder_id), n->name, 0);
+	if (free_now)
+		fs_files_free(n);
+}
+
+/* The end of an APPEND (or of its attempt): every FLUSH that waited for it
+ * gets its result.  Frees a. */
+static void append_finish(struct append_ctx *a, int err)
+{
+	struct mfs *m = a->m;
+	struct new_fh *n = a->n;
+	struct flush_wait *w;
+	bool done_with_it = false;
+
+	pthread_mutex_lock(&m->lock);
+	if (!err) {
+		n->appended = true;
+		n->appending = false;
+	} else if (a->rename) {
+		untake_locked(n);
+	} else {
+		n->err = err;
+		n->appending = false;
+	}
+	w = n->waiters;
+	n->waiters = NULL;
+	/* A closed file whose APPEND ended: nobody else has it (a rename's
+	 * failure leaves it waiting, as rename(2) leaves the source). */
+	if (n->released && (!err || !a->rename)) {
+		done_with_it = true;
+		fs_files_unlink_locked(m, n);
+	}
+	pthread_mutex_unlock(&m->lock);
+	reply_waiters(w, err);
+	if (a->req)
+		fuse_reply_err(a->req, err);
+	if (a->then)
+		a->then(a->then_ctx, err);
+	if (done_with_it) {
+		mfs_note_push(m, folder_ino(n->folder_id), n->name, 0);
+		fs_files_free(n);
+	}
+	if (!a->on_stack)
+		free(a);
 }
 
 static void append_done(void *ctx, enum store_error err, bool changed)
 {
 	struct append_ctx *a = ctx;
 	struct new_fh *n = a->n;
-	bool done_with_it;
 
 	(void)changed;
-	pthread_mutex_lock(&a->m->lock);
-	if (err == STORE_OK)
-		n->appended = true;
-	else
-		n->err = mfs_store_errno(err);
-	/* A closed file whose deferred APPEND ended: nobody else has it. */
-	done_with_it = n->released;
-	if (done_with_it)
-		fs_files_unlink_locked(a->m, n);
-	pthread_mutex_unlock(&a->m->lock);
 	if (err != STORE_OK)
 		log_warn("cannot store %s: %s", n->final_name ? n->final_name : n->name,
 			 strerror(mfs_store_errno(err)));
-	if (a->req)
-		fuse_reply_err(a->req, mfs_store_errno(err));
-	if (done_with_it) {
-		mfs_note_push(a->m, folder_ino(n->folder_id), n->name, 0);
-		fs_files_free(n);
-	}
-	free(a);
+	append_finish(a, mfs_store_errno(err));
 }
 
-/* APPEND a finished new file; replies to req (if any) when done. */
-void fs_files_append(struct mfs *m, fuse_req_t req, struct new_fh *n)
+static void append_start(struct mfs *m, fuse_req_t req, struct new_fh *n, bool rename,
+			 fs_files_then_fn *then, void *then_ctx)
 {
-	struct append_ctx *a;
+	struct append_ctx *a = calloc(1, sizeof(*a));
+	struct append_ctx stack = { .m = m, .req = req, .n = n, .rename = rename,
+				    .then = then, .then_ctx = then_ctx };
 
+	if (!a) {
+		stack.on_stack = true;
+		append_finish(&stack, ENOMEM);
+		return;
+	}
+	*a = stack;
 	n->written = false;
 	if (!looks_like_message(n->fd)) {
-		n->err = EINVAL;
-		if (req)
-			fuse_reply_err(req, EINVAL);
+		append_finish(a, EINVAL);
 		return;
 	}
-	a = malloc(sizeof(*a));
-	if (!a) {
-		if (req)
-			fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	a->m = m;
-	a->req = req;
-	a->n = n;
 	m->store->ops->append(m->store, n->final_name ? n->final_folder : n->folder_id,
 			      n->final_name ? n->final_name : n->name, n->fd, n->mtime,
 			      append_done, a);
+}
+
+void fs_files_append(struct mfs *m, fuse_req_t req, struct new_fh *n)
+{
+	append_start(m, req, n, false, NULL, NULL);
+}
+
+void fs_files_append_rename(struct mfs *m, fuse_req_t req, struct new_fh *n,
+			    fs_files_then_fn *then, void *ctx)
+{
+	append_start(m, req, n, true, then, ctx);
 }
 
 /* Temporary files nobody renamed within DEFER_SECONDS of closing them are
@@ -470,7 +569,7 @@ void fs_files_append_overdue(struct mfs *m)
 
 		pthread_mutex_lock(&m->lock);
 		for (struct new_fh *n = m->news; n && !due; n = n->next)
-			if (n->deferred && n->released && !n->appending &&
+			if (n->deferred && n->released && !n->appending && !n->appended &&
 			    now - n->released_at >= DEFER_SECONDS)
 				due = n;
 		if (due)
@@ -479,20 +578,22 @@ void fs_files_append_overdue(struct mfs *m)
 		if (!due)
 			return;
 		/* It was checked to be a message at close; from here on
-		 * append_done owns it. */
+		 * append_finish owns it. */
 		fs_files_append(m, NULL, due);
 	}
 }
 
 /* The news entry closed under a temporary name in folder, if any; it is
- * taken for the caller (marked appending). */
+ * taken for the caller (marked appending).  Its RELEASE may still be on
+ * its way (the kernel sends it after close() has returned): the temporary
+ * file is ours all the same. */
 struct new_fh *fs_files_take_deferred(struct mfs *m, int64_t folder, const char *name)
 {
 	struct new_fh *n;
 
 	pthread_mutex_lock(&m->lock);
 	n = fs_files_find_name(m, folder, name);
-	if (n && (!n->deferred || !n->released || n->appending))
+	if (n && (!n->deferred || n->appended || n->appending || n->err))
 		n = NULL;
 	if (n)
 		n->appending = true;
@@ -504,6 +605,7 @@ void fs_files_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct mfs *m = mfs_of(req);
 	struct fh *h = fs_files_fh(fi);
+	int err;
 
 	(void)ino;
 	if (h->kind != FH_NEW) {
@@ -511,20 +613,40 @@ void fs_files_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	struct new_fh *n = (struct new_fh *)h;
+	pthread_mutex_lock(&m->lock);
+	if (n->appending) {
+		/* One APPEND at a time (a dup'ed fd closed meanwhile): this
+		 * close() gets its result. */
+		struct flush_wait *w = malloc(sizeof(*w));
+
+		if (w) {
+			w->req = req;
+			w->next = n->waiters;
+			n->waiters = w;
+		}
+		pthread_mutex_unlock(&m->lock);
+		if (!w)
+			fuse_reply_err(req, ENOMEM);
+		return;
+	}
 	if (n->name[0] == '.' && !n->appended && !n->err) {
 		/* A temporary name: APPEND at the rename (or later). */
 		n->deferred = true;
 		n->written = false;
+		pthread_mutex_unlock(&m->lock);
 		fuse_reply_err(req, looks_like_message(n->fd) ? 0 : (n->err = EINVAL));
 		return;
 	}
 	/* close() returns what the server said: the APPEND happens here. */
 	if (!n->appended && (n->written || !n->err)) {
+		n->appending = true;
+		pthread_mutex_unlock(&m->lock);
 		fs_files_append(m, req, n);
 		return;
 	}
-	int err = n->err;
+	err = n->err;
 	n->err = 0;
+	pthread_mutex_unlock(&m->lock);
 	fuse_reply_err(req, err);
 }
 
@@ -556,8 +678,9 @@ void fs_files_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		struct new_fh *n = (struct new_fh *)h;
 
 		pthread_mutex_lock(&m->lock);
-		if (n->deferred && !n->appended && !n->err) {
-			/* Waits in the news list for its rename. */
+		if (n->appending || (n->deferred && !n->appended && !n->err && !n->dropped)) {
+			/* Waits in the news list for its rename, or for the
+			 * APPEND under way, which frees it. */
 			n->released = true;
 			n->released_at = time(NULL);
 			pthread_mutex_unlock(&m->lock);

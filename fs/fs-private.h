@@ -58,6 +58,7 @@ struct mfs {
 	struct { fuse_ino_t from, to; } moved[MOVED_MAX];
 	unsigned moved_next;
 	unsigned new_ino;                /* atomic */
+	unsigned replace_seq;            /* atomic: temporary names of replacements */
 	struct fh *open_fhs;             /* lock: see struct fh */
 	char *tmp_dir;
 };
@@ -71,7 +72,10 @@ struct parked {
 	int64_t folder_id;
 	uint32_t uid;
 	int64_t to_folder_id; /* rename */
-	struct new_fh *newfile; /* rename of a temporary file */
+	/* rename() onto message `victim`: the new message comes in under
+	 * tmp_name first, the old one goes only after that. */
+	uint32_t victim;
+	char *tmp_name;
 	size_t size;
 	off_t off;
 	bool plus;
@@ -121,7 +125,12 @@ struct new_fh {
 	 * DEFER_SECONDS after release if no rename comes. */
 	bool deferred;
 	bool released;     /* closed: the news list owns it now */
-	bool appending;    /* a deferred APPEND is under way */
+	/* An APPEND is under way, or a rename or unlink has taken the file
+	 * (under mfs->lock): nothing else may start one.  A FLUSH meanwhile
+	 * (a dup'ed fd) waits in `waiters` for its result. */
+	bool appending;
+	bool dropped;      /* unlinked before its RELEASE: RELEASE frees it */
+	struct flush_wait *waiters;
 	time_t released_at;
 	int64_t final_folder; /* where and as what the rename wants it */
 	char *final_name;
@@ -130,6 +139,11 @@ struct new_fh {
 };
 
 #define DEFER_SECONDS 5
+
+struct flush_wait {
+	fuse_req_t req;
+	struct flush_wait *next;
+};
 
 static inline struct mfs *mfs_of(fuse_req_t req)
 {
@@ -190,7 +204,18 @@ char *mfs_status_text(struct mfs *m, size_t *len_r);
 int mfs_store_errno(enum store_error e);
 
 /* fs-files.c */
+/* APPEND n, which the caller marked appending; replies to req (if any). */
 void fs_files_append(struct mfs *m, fuse_req_t req, struct new_fh *n);
+/* The APPEND of a rename: on failure n stays the temporary file it was
+ * (rename(2) leaves the source).  Replies to req, or, if then is set,
+ * calls it with the errno (0: stored) after the bookkeeping. */
+typedef void fs_files_then_fn(void *ctx, int err);
+void fs_files_append_rename(struct mfs *m, fuse_req_t req, struct new_fh *n,
+			    fs_files_then_fn *then, void *ctx);
+/* Give a taken file back (nothing was sent): it waits again. */
+void fs_files_untake(struct mfs *m, struct new_fh *n);
+/* Forget a taken temporary file (unlink): never stored. */
+void fs_files_drop(struct mfs *m, struct new_fh *n);
 void fs_files_append_overdue(struct mfs *m);
 void fs_files_attr(struct mfs *m, struct new_fh *n, struct stat *st);
 bool fs_files_attr_by_ino(struct mfs *m, fuse_ino_t ino, struct stat *st);

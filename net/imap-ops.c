@@ -186,7 +186,9 @@ char *imap_ops_storable_flags(const char *flags)
 }
 
 /* "APPEND "folder" (\Seen) "date"", the literal to follow; mtime 0: no
- * date (the server's clock). */
+ * date (the server's clock).  A time before 1970 counts as 1970; one
+ * whose year has no four digits (or that gmtime_r cannot convert: its
+ * tm would be garbage) gets no date at all. */
 char *imap_ops_append_prefix(const char *server_name, int64_t mtime)
 {
 	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
@@ -195,11 +197,13 @@ char *imap_ops_append_prefix(const char *server_name, int64_t mtime)
 
 	if (mtime) {
 		struct tm tm;
-		time_t t = (time_t)mtime;
+		time_t t = mtime < 0 ? 0 : (time_t)mtime;
 
-		gmtime_r(&t, &tm);
-		snprintf(date, sizeof(date), " \"%02d-%s-%04d %02d:%02d:%02d +0000\"", tm.tm_mday,
-			 mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		if (gmtime_r(&t, &tm) && tm.tm_year >= 1 - 1900 && tm.tm_year <= 9999 - 1900 &&
+		    tm.tm_mon >= 0 && tm.tm_mon < 12)
+			snprintf(date, sizeof(date), " \"%02d-%s-%04d %02d:%02d:%02d +0000\"",
+				 tm.tm_mday, mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour,
+				 tm.tm_min, tm.tm_sec);
 	}
 	if (q && asprintf(&prefix, "APPEND %s (\\Seen)%s", q, date) < 0)
 		prefix = NULL;
@@ -331,6 +335,17 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	if (e != STORE_OK)
 		goto out;
 	imap_store_view_changed(s);
+	if (!mc.args[0] && (imap_client_caps(w->client) & IMAP_CAP_UIDPLUS)) {
+		/* OK without COPYUID from a UIDPLUS server: the UID matched
+		 * nothing (another client expunged it), nothing moved.  A
+		 * rename() onto a message must not take this for success.
+		 * (Should one have moved it all the same, the sync lists it.) */
+		cache_msg_delete(s->cache, op->folder_id, op->uid);
+		imap_store_emit_entry(s, op->folder_id, m.name);
+		imap_sync_folder(w, op->to_folder_id);
+		e = STORE_ERR_NOTFOUND;
+		goto out;
+	}
 	newuid = imap_ops_copyuid_dst(mc.args, t.uidvalidity);
 	if (newuid && cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, newuid,
 				     op->name) == 0) {

@@ -1,0 +1,351 @@
+"""Writing through the mount: rename() onto an existing message, close() of a dup'ed fd,
+rsync's temporary files racing the asynchronous RELEASE, far-future file times.
+
+Each test checks the SERVER with a second client (imaplib through mailserver.Account),
+by Message-ID, never only the mount.  AUDIT.md A5, A7, A8, C2.
+"""
+import collections
+import errno
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+
+import pytest
+
+import mailserver
+from test_sync import (REFUSAL_LINES, fpath, make_msg, mid_of, names_by_mid, read,
+                       server_mids, setup_user, sh, trace_commands)
+from test_offline import come_back, go_offline, outage, server_by_mid  # noqa: F401
+
+assert outage  # a fixture, used by name
+
+
+def mids_count(acct, folder):
+    return collections.Counter(server_mids(acct, folder).values())
+
+
+def write_new(path, data, mtime=None):
+    """Create PATH in the mount, write DATA, set the mtime (before close, as cp -p and
+    rsync do on their fd), close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
+
+
+JOURNAL_REMOVE, JOURNAL_APPEND = 1, 3  # cache/journal.h
+
+
+def journal_kinds(mnt):
+    """The kinds of the pending journal entries, in replay order."""
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(mnt.cache_dir, "journal.sqlite"),
+                         uri=True)
+    try:
+        return [k for (k,) in db.execute("SELECT kind FROM journal ORDER BY seq")]
+    finally:
+        db.close()
+
+
+# --------------------------------------------------------------------------
+# A5: rename() onto an existing message keeps the old one when the new one fails
+
+QUOTA_KB = 48
+QUOTA_CONF = """
+mail_plugins = $mail_plugins quota
+plugin {
+  quota = maildir:User quota
+  quota_rule = *:storage=%dk
+}
+""" % QUOTA_KB
+
+
+@pytest.fixture(scope="module")
+def quota_server(_environment_ok):
+    """A Dovecot whose users may hold QUOTA_KB kB: a bigger APPEND gets NO [OVERQUOTA]."""
+    d = tempfile.mkdtemp(prefix="mailfs-it-quota-",
+                         dir=os.environ.get("MAILFS_TEST_TMPDIR") or "/tmp")
+    os.chmod(d, 0o755)
+    srv = mailserver.MailServer(d, ports=mailserver.free_port_map(), extra_conf=QUOTA_CONF)
+    srv.start()
+    yield srv
+    srv.stop()
+    if not os.environ.get("MAILFS_KEEP_TMP"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def big_msg(tag, kb):
+    line = "x" * 70 + "\r\n"
+    return make_msg(tag, 0, body=line * (kb * 1024 // len(line)))
+
+
+def test_rename_tmpfile_over_message_refused_keeps_old(make_user, mount, quota_server):
+    old = make_msg("quota-old", 1)
+    u = make_user("quota", srv=quota_server)
+    quota_server.create_folders(u.name, ["Trash", "Sent", "Drafts", "Junk"])
+    u.append_many("INBOX", [old])
+    acct = u.account()
+    m = mount(u, debug=True, allow=REFUSAL_LINES + [r"warning: cannot store"])
+    inbox = fpath(m, "INBOX")
+    name = names_by_mid(inbox)[mid_of(old)]
+    # rsync: the new version goes to a temporary name, then is renamed over the old one;
+    # the server refuses it (over quota)
+    new = big_msg("quota-new", QUOTA_KB * 2)
+    tmp = os.path.join(inbox, "." + name + ".Xy12Ab")
+    write_new(tmp, new)
+    with pytest.raises(OSError) as e:
+        os.rename(tmp, os.path.join(inbox, name))
+    assert e.value.errno in (errno.ENOSPC, errno.EDQUOT), e.value
+    assert trace_commands(m.log(), "APPEND"), "no APPEND was tried"
+    # the old message is still on the server and in the mount, under its name
+    assert mids_count(acct, "INBOX") == collections.Counter([mid_of(old)])
+    assert read(os.path.join(inbox, name)) == old
+    # rename(2) left the source: rsync removes it; nothing is stored later
+    assert os.stat(tmp).st_size == len(new)
+    os.unlink(tmp)
+    time.sleep(6.5)
+    assert mids_count(acct, "INBOX") == collections.Counter([mid_of(old)])
+    assert sorted(os.listdir(inbox)) == [name]
+    # a replacement that fits goes through: the name is the new message's, the old is gone
+    small = make_msg("quota-small", 2)
+    write_new(tmp, small)
+    os.rename(tmp, os.path.join(inbox, name))
+    assert mids_count(acct, "INBOX") == collections.Counter([mid_of(small)])
+    assert read(os.path.join(inbox, name)) == small
+    assert sorted(os.listdir(inbox)) == [name]
+
+
+def test_mv_over_message_source_vanished_keeps_old(make_user, mount, server):
+    a, b, c = make_msg("mvv", 0), make_msg("mvv", 1), make_msg("mvv", 2)
+    u = setup_user(make_user, {"INBOX": [a, c], "Archive": [b]})
+    acct = u.account()
+    m = mount(u, debug=True, options=["poll=600"], allow=REFUSAL_LINES)
+    inbox, arch = fpath(m, "INBOX"), fpath(m, "Archive")
+    na, nc = names_by_mid(inbox)[mid_of(a)], names_by_mid(inbox)[mid_of(c)]
+    target = names_by_mid(arch)[mid_of(b)]
+    # another client expunges the source just before the mv
+    uid_a = [uid for uid, mid in server_mids(acct, "INBOX").items() if mid == mid_of(a)][0]
+    server.doveadm("expunge", "-u", u.name, "mailbox", "INBOX", "uid", str(uid_a))
+    with pytest.raises(OSError) as e:
+        os.rename(os.path.join(inbox, na), os.path.join(arch, target))
+    assert e.value.errno in (errno.ENOENT, errno.EIO), e.value
+    assert mids_count(acct, "Archive") == collections.Counter([mid_of(b)])
+    assert read(os.path.join(arch, target)) == b
+    # a mv that works replaces it: the name is the moved message's, the old one is gone
+    os.rename(os.path.join(inbox, nc), os.path.join(arch, target))
+    assert mids_count(acct, "Archive") == collections.Counter([mid_of(c)])
+    assert mid_of(c) not in server_mids(acct, "INBOX").values()
+    assert read(os.path.join(arch, target)) == c
+    assert sorted(os.listdir(arch)) == [target]
+
+
+def test_offline_rename_over_message_replayed(outage):
+    o = outage
+    victim = o.names[0]
+    go_offline(o)
+    new = make_msg("offrep", 0)
+    tmp = os.path.join(o.inbox, "." + victim + ".Q1w2E3")
+    write_new(tmp, new, mtime=1700000000)
+    os.rename(tmp, os.path.join(o.inbox, victim))
+    assert read(os.path.join(o.inbox, victim)) == new
+    assert not [n for n in os.listdir(o.inbox) if n.startswith(".")]
+    # the journal holds them in the safe order: the new message first, then the old one's
+    # expunge (a cut in between leaves both, never neither)
+    assert journal_kinds(o.mount) == [JOURNAL_APPEND, JOURNAL_REMOVE]
+    come_back(o)
+    srv = server_by_mid(o.acct, "INBOX")
+    assert mid_of(new) in srv and mid_of(o.cached[victim]) not in srv, sorted(srv)
+    assert len(srv) == len(o.names)
+    assert read(os.path.join(o.inbox, victim)) == new
+
+
+# --------------------------------------------------------------------------
+# A7: close() of a dup'ed fd, twice at once, sends one APPEND
+
+def test_two_flushes_one_append(make_user, mount):
+    u = setup_user(make_user, {"INBOX": []})
+    acct = u.account()
+    m = mount(u)
+    inbox = fpath(m, "INBOX")
+    n = 25
+    errors = []
+    for i in range(n):
+        fd = os.open(os.path.join(inbox, "dup %02d.eml" % i), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, make_msg("dup", i))
+        fd2 = os.dup(fd)
+        go = threading.Barrier(2)
+
+        def close(f):
+            go.wait()
+            try:
+                os.close(f)
+            except OSError as e:
+                errors.append(e)
+        ts = [threading.Thread(target=close, args=(f,)) for f in (fd, fd2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    assert not errors, errors
+    counts = mids_count(acct, "INBOX")
+    twice = {k: v for k, v in counts.items() if v != 1}
+    assert not twice, "held more than once: %s" % sorted(twice.items())
+    assert len(counts) == n
+
+
+# --------------------------------------------------------------------------
+# A8: rsync renames (or removes) its temporary file right after close()
+
+def test_rename_right_after_close(make_user, mount):
+    u = setup_user(make_user, {"INBOX": [], "Imported": []})
+    acct = u.account()
+    m = mount(u)
+    d = fpath(m, "Imported")
+    # Several writers at once, as parallel rsyncs: RELEASEs are queued behind each other
+    # (the kernel sends them in the background) while the rename goes straight on.
+    threads, per = 8, 12
+    msgs, errors = {}, []
+
+    def writer(t):
+        for i in range(per):
+            k = t * per + i
+            name = "mail %03d.eml" % k
+            tmp = os.path.join(d, ".%s.%06d" % (name, k))
+            data = make_msg("race", k)
+            try:
+                # rsync sets the mtime between close() and rename(); some go straight on
+                write_new(tmp, data)
+                if i % 3 == 0:
+                    os.utime(tmp, (1600000000 + k, 1600000000 + k))
+                os.rename(tmp, os.path.join(d, name))
+                msgs[name] = data
+                # a temporary file given up (rsync after an error): never stored
+                junk = os.path.join(d, ".junk.%06d" % k)
+                write_new(junk, make_msg("junk", k))
+                os.unlink(junk)
+            except OSError as e:
+                errors.append((k, e))
+    ts = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[:5]
+    time.sleep(6.5)  # past the 5 s after which an unrenamed temporary file is stored
+    counts = mids_count(acct, "Imported")
+    assert counts == collections.Counter(mid_of(b) for b in msgs.values()), \
+        sorted(counts.items())
+    assert sorted(os.listdir(d)) == sorted(msgs)
+    for name, data in msgs.items():
+        assert read(os.path.join(d, name)) == data
+
+
+def test_rename_and_unlink_before_release(make_user, mount):
+    """The same state, made certain: another fd (a dup, or a forked child's) still holds
+    the temporary file, so its RELEASE has not come when rename() or unlink() does."""
+    u = setup_user(make_user, {"INBOX": [], "Imported": []})
+    acct = u.account()
+    m = mount(u)
+    d = fpath(m, "Imported")
+    msgs, held = {}, []
+
+    def hold(path, data):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, data)
+        held.append(os.dup(fd))
+        os.close(fd)                         # FLUSH; no RELEASE while the dup is open
+    try:
+        for k in range(5):
+            name = "held %d.eml" % k
+            tmp = os.path.join(d, ".%s.%06d" % (name, k))
+            msgs[name] = make_msg("held", k)
+            hold(tmp, msgs[name])
+            os.utime(tmp, (1600000000 + k,) * 2)
+            os.rename(tmp, os.path.join(d, name))
+            assert read(os.path.join(d, name)) == msgs[name]
+            os.close(held.pop())             # FLUSH again, then RELEASE
+            junk = os.path.join(d, ".junk.%06d" % k)
+            hold(junk, make_msg("heldjunk", k))
+            os.unlink(junk)
+            assert not os.path.exists(junk)
+            os.close(held.pop())
+    finally:
+        for fd in held:
+            os.close(fd)
+    time.sleep(6.5)  # past the 5 s after which an unrenamed temporary file is stored
+    counts = mids_count(acct, "Imported")
+    assert counts == collections.Counter(mid_of(b) for b in msgs.values()), \
+        sorted(counts.items())
+    assert sorted(os.listdir(d)) == sorted(msgs)
+    meta = acct.meta("Imported")
+    assert sorted(v["internaldate"] for v in meta.values()) == \
+        [1600000000 + k for k in range(5)]
+
+
+def test_rsync_twice_with_one_change(make_user, mount, tmp_path):
+    u = setup_user(make_user, {"INBOX": [], "Imported": [make_msg("rsk", 99)]})
+    acct = u.account()
+    m = mount(u)
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {}
+    for i in range(8):
+        name = "msg %02d.eml" % i
+        files[name] = make_msg("rs2", i)  # CRLF: the server's size, so unchanged ones stay
+        (src / name).write_bytes(files[name])
+        os.utime(src / name, (1600000000 + i * 3600,) * 2)
+    r = sh(["rsync", "-a", str(src) + "/", fpath(m, "Imported") + "/"])
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    want = collections.Counter([mid_of(b) for b in files.values()] + ["<rsk.99@sync.test>"])
+    assert mids_count(acct, "Imported") == want
+    changed = "msg 03.eml"
+    files[changed] = make_msg("rs2-changed", 3)
+    (src / changed).write_bytes(files[changed])
+    os.utime(src / changed, (1700000000,) * 2)
+    r = sh(["rsync", "-a", str(src) + "/", fpath(m, "Imported") + "/"])
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    time.sleep(6.5)
+    want = collections.Counter([mid_of(b) for b in files.values()] + ["<rsk.99@sync.test>"])
+    assert mids_count(acct, "Imported") == want
+    listing = sorted(os.listdir(fpath(m, "Imported")))
+    assert not [x for x in listing if x.startswith(".")], listing
+    assert read(fpath(m, "Imported", changed)) == files[changed]
+
+
+# --------------------------------------------------------------------------
+# C2: a file time gmtime_r cannot convert, or a year of five digits
+
+@pytest.mark.parametrize("when", [2 ** 62, 253402300800, -86400 * 365 * 3])
+def test_far_future_mtime(make_user, mount, when):
+    u = setup_user(make_user, {"INBOX": []})
+    acct = u.account()
+    m = mount(u)
+    inbox = fpath(m, "INBOX")
+    data = make_msg("far", abs(when) % 1000)
+    write_new(os.path.join(inbox, "far.eml"), data, mtime=when)
+    tmp = os.path.join(inbox, ".far2.eml.A1b2C3")
+    data2 = make_msg("far2", abs(when) % 1000)
+    write_new(tmp, data2, mtime=when)
+    os.rename(tmp, os.path.join(inbox, "far2.eml"))
+    assert mids_count(acct, "INBOX") == collections.Counter([mid_of(data), mid_of(data2)])
+    assert m.proc.poll() is None, "mailfs died"
+    assert read(os.path.join(inbox, "far.eml")) == data
+    if when < 0:
+        # a time before 1970 is stored as 1970
+        for uid in acct.list_uids("INBOX"):
+            assert acct.internaldate("INBOX", uid) == 0
+
+
+def test_far_future_mtime_offline(outage):
+    o = outage
+    go_offline(o)
+    data = make_msg("faroff", 0)
+    write_new(os.path.join(o.inbox, "far offline.eml"), data, mtime=2 ** 62)
+    come_back(o)
+    assert mid_of(data) in server_by_mid(o.acct, "INBOX")
+    assert o.mount.proc.poll() is None, "mailfs died"
