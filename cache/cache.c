@@ -41,6 +41,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -2746,5 +2747,160 @@ out:
 	sqlite3_finalize(get);
 	free(old);
 	pthread_mutex_unlock(&cache->lock);
+	return ret;
+}
+
+/* ---- moving a store ---- */
+
+/* What makes a store, the index last: while the old directory still has
+ * it, the move is not done. */
+static const char *const cache_store_entries[] = {
+	CACHE_BODIES_NAME, CACHE_INDEX_NAME "-wal", CACHE_INDEX_NAME "-shm",
+	CACHE_INDEX_NAME,
+};
+
+static bool cache_entry_exists(int dir_fd, const char *name)
+{
+	struct stat st;
+
+	return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* The documented fault-injection hook (MAILFS_TEST_CRASH_AT). */
+static void cache_crash_point(const char *where)
+{
+	const char *at = getenv("MAILFS_TEST_CRASH_AT");
+
+	if (at != NULL && strcmp(at, where) == 0) {
+		log_info("MAILFS_TEST_CRASH_AT=%s: killing the daemon", where);
+		raise(SIGKILL);
+	}
+}
+
+/* Rename the store's entries from from_fd into staging, index last. */
+static int cache_store_move_entries(int from_fd, int staging_fd,
+				    const char *from, const char **error_r)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(cache_store_entries) /
+			    sizeof(cache_store_entries[0]); i++) {
+		const char *e = cache_store_entries[i];
+
+		if (!cache_entry_exists(from_fd, e))
+			continue;
+		if (renameat(from_fd, e, staging_fd, e) < 0) {
+			int ret = -errno;
+
+			*error_r = cache_error(
+				"cannot move %s/%s to the data directory: %s%s",
+				from, e, strerror(-ret),
+				ret == -EXDEV ? " (another file system: move "
+						"the directory by hand, or give "
+						"-o data_dir=DIR on its file "
+						"system)" : "");
+			return ret;
+		}
+		if (i == 0)
+			cache_crash_point("store_move");
+	}
+	if (fsync(staging_fd) < 0 || fsync(from_fd) < 0) {
+		*error_r = cache_error("cannot sync %s: %s", from,
+				       strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+int cache_store_move(const char *from, const char *to, const char **error_r)
+{
+	char *staging = NULL, *parent = NULL;
+	struct stat fst, tst;
+	int from_fd = -1, staging_fd = -1, to_fd, ret = 0;
+	bool from_has, staged;
+
+	from_fd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (from_fd < 0)
+		return 0; /* no old store */
+	if (asprintf(&staging, "%s.moving", to) < 0) {
+		staging = NULL;
+		ret = -ENOMEM;
+		goto out;
+	}
+	to_fd = open(to, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (to_fd >= 0) {
+		bool same = fstat(from_fd, &fst) == 0 &&
+			    fstat(to_fd, &tst) == 0 &&
+			    fst.st_dev == tst.st_dev &&
+			    fst.st_ino == tst.st_ino;
+		bool to_has = cache_entry_exists(to_fd, CACHE_INDEX_NAME);
+
+		close(to_fd);
+		if (same)
+			goto out;
+		if (to_has) {
+			if (cache_entry_exists(from_fd, CACHE_INDEX_NAME)) {
+				*error_r = cache_error(
+					"%s holds an archive of an earlier "
+					"mailfs, and %s holds one already: "
+					"mount with -o data_dir=%s to see the "
+					"earlier one",
+					from, to, from);
+				ret = -EEXIST;
+			}
+			goto out;
+		}
+	}
+	from_has = cache_entry_exists(from_fd, CACHE_INDEX_NAME);
+	staged = access(staging, F_OK) == 0;
+	if (!from_has && !staged)
+		goto out;
+	/* An earlier mailfs still running on it would lose its writes. */
+	if (flock(from_fd, LOCK_EX | LOCK_NB) < 0) {
+		ret = -errno;
+		*error_r = cache_error("cannot move the store in %s to %s: %s",
+				       from, to, errno == EWOULDBLOCK ?
+				       "it is in use by another mailfs "
+				       "(unmount it first)" : strerror(errno));
+		goto out;
+	}
+	log_info("moving the store in %s (an archive is state, not cache) "
+		 "to %s", from, to);
+	parent = strdup(staging);
+	if (parent == NULL) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (strrchr(parent, '/') != NULL && strrchr(parent, '/') != parent)
+		*strrchr(parent, '/') = '\0';
+	if ((ret = cache_mkdirs(parent)) < 0 ||
+	    (mkdir(staging, 0700) < 0 && errno != EEXIST) ||
+	    (ret = cache_sync_parent(staging)) < 0 ||
+	    (staging_fd = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC |
+					       O_NOFOLLOW)) < 0) {
+		ret = ret < 0 ? ret : -errno;
+		*error_r = cache_error("cannot create %s: %s", staging,
+				       strerror(-ret));
+		goto out;
+	}
+	if ((ret = cache_store_move_entries(from_fd, staging_fd, from,
+					    error_r)) < 0)
+		goto out;
+	/* One rename makes the whole store appear; an empty directory in
+	 * its place is replaced. */
+	if (rename(staging, to) < 0 || (ret = cache_sync_parent(to)) < 0) {
+		ret = ret < 0 ? ret : -errno;
+		*error_r = cache_error("cannot rename %s to %s: %s", staging,
+				       to, strerror(-ret));
+		goto out;
+	}
+out:
+	if (ret == -ENOMEM)
+		*error_r = cache_error("out of memory moving %s", from);
+	if (staging_fd >= 0)
+		close(staging_fd);
+	close(from_fd); /* and its flock */
+	free(staging);
+	free(parent);
 	return ret;
 }

@@ -1032,6 +1032,25 @@ static int archive_move(struct pstore *s, const struct cache_msg *m, char **name
 	return r;
 }
 
+/* Whether archive/ holds message uid for good: cached, pinned, its file
+ * of the row's size.  Checked before DELE, which is what makes it the
+ * only copy; if not, the server's copy stays. */
+static bool archive_holds(struct pstore *s, uint32_t uid, const char *name)
+{
+	struct cache_msg a;
+	int r = cache_msg_get(s->cache, s->archive_id, uid, &a);
+	bool ok = r == 0 && a.cached && a.pinned;
+
+	if (r == 0)
+		cache_msg_clear(&a);
+	if (ok && (r = cache_body_verify(s->cache, s->archive_id, uid)) < 0)
+		ok = false;
+	if (!ok)
+		log_error("%s: archive/%s is not stored safely (%s); not deleting it from the server",
+			  s->eng.server, name, r < 0 ? strerror(-r) : "not cached and pinned");
+	return ok;
+}
+
 static void do_consume(struct pstore *s, uint32_t uid)
 {
 	struct cache_msg m;
@@ -1068,9 +1087,11 @@ static void do_consume(struct pstore *s, uint32_t uid)
 		}
 	}
 	crash_point(s, "after_retr");
-	/* Pinned before the move: an archived body is never evicted. */
-	cache_msg_set_pinned(s->cache, s->spool_id, uid, true);
-	r = archive_move(s, &m, &archived_name);
+	/* Pinned before the move: an archived body is never evicted (the
+	 * archive folder is local-only as well). */
+	r = cache_msg_set_pinned(s->cache, s->spool_id, uid, true);
+	if (r == 0)
+		r = archive_move(s, &m, &archived_name);
 	if (r < 0) {
 		cache_msg_set_pinned(s->cache, s->spool_id, uid, false);
 		log_error("%s: cannot archive %s: %s; it stays in spool/", s->eng.server, m.name,
@@ -1092,6 +1113,8 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	if (s->keep)
 		goto out;
 	/* Now, and only now, the server's copy may go. */
+	if (!archive_holds(s, uid, archived_name ? archived_name : m.name))
+		goto out;
 	if (session_need(s) < 0)
 		goto out; /* the next sync deletes it */
 	struct pop3_msg *pm = sess_find(&s->sess, m.message_id);
@@ -1536,15 +1559,16 @@ static const struct store_ops pstore_ops = {
 	.destroy = pstore_destroy,
 };
 
-/* The two folders; archive's messages are pinned as they arrive. */
+/* The two folders; archive's messages are pinned as they arrive, and
+ * the folder is local-only (never evicted, not counted in cache_size). */
 static int make_folders(struct pstore *s, const char **error_r)
 {
 	static __thread char err[512];
 	int r = cache_folder_put(s->cache, 0, SPOOL_NAME, SPOOL_SERVER_NAME, 0, &s->spool_id);
 
 	if (r == 0)
-		r = cache_folder_put(s->cache, 0, ARCHIVE_NAME, ARCHIVE_SERVER_NAME, 0,
-				     &s->archive_id);
+		r = cache_folder_put(s->cache, 0, ARCHIVE_NAME, ARCHIVE_SERVER_NAME,
+				     CACHE_FOLDER_LOCAL, &s->archive_id);
 	if (r == -EEXIST) {
 		snprintf(err, sizeof(err),
 			 "the cache directory already holds another account's folders "
