@@ -693,3 +693,15 @@ def test_a_damaged_archived_body_is_kept(loaded, mount):
     q = os.path.join(store, "quarantine")
     assert [read(os.path.join(q, f)) for f in os.listdir(q)] == [msgs[subj][:100]]
     assert "a copy is in quarantine/" in m2.log()
+
+
+def test_archive_bytes_do_not_count_as_cache(loaded, mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    done = _consume(m, msgs, 2)
+    archived = sum(len(msgs[s]) for s in done)
+    others = sum(len(b) for s, b in msgs.items() if s not in done)
+    st = m.status()
+    assert int(st["archive_bytes"]) == archived, st
+    # cache_bytes holds what read-ahead brought of the spool, never the archive.
+    assert int(st["cache_bytes"]) <= others, st

@@ -1206,6 +1206,90 @@ static void test_damaged_bodies(void)
 	free(dir);
 }
 
+/* A store with folder "archive" and message 1 (body "kept"), closed. */
+static void test_make_store(const char *dir)
+{
+	struct cache *cache = test_open(dir, 1 << 20);
+	int64_t folder = test_folder(cache, "archive");
+
+	CHECK(test_put(cache, folder, 1, NULL, "k", 4, NULL) == 0);
+	CHECK(cache_body_store(cache, folder, 1, "kept", 4) == 0);
+	cache_close(&cache);
+}
+
+/* The store in dir has message 1 with its body. */
+static bool test_has_store(const char *dir)
+{
+	struct cache *cache = test_open(dir, 1 << 20);
+	struct cache_folder f;
+	char buf[8] = { 0 };
+	bool ok = false;
+	int fd;
+
+	if (cache_folder_lookup(cache, 0, "archive", &f) == 0) {
+		fd = cache_body_open(cache, f.id, 1);
+		ok = fd >= 0 && read(fd, buf, sizeof(buf)) == 4 &&
+		     memcmp(buf, "kept", 4) == 0;
+		if (fd >= 0)
+			close(fd);
+		cache_folder_clear(&f);
+	}
+	cache_close(&cache);
+	return ok;
+}
+
+/* An earlier version's store moves from the cache dir to the data dir
+ * (AUDIT A6); an interrupted move is finished. */
+static void test_store_move(void)
+{
+	char *old = test_dir("move-old"), *to = test_dir("data/acct");
+	char *none = test_dir("move-none"), *moving, *rel, *dst;
+	const char *error = NULL;
+
+	/* Nothing there: nothing to do, nothing created. */
+	CHECK(cache_store_move(none, to, &error) == 0);
+	CHECK(access(to, F_OK) < 0);
+
+	test_make_store(old);
+	CHECK(cache_store_move(old, to, &error) == 0);
+	CHECK(!test_exists(old, "index.sqlite") && !test_exists(old, "bodies"));
+	CHECK(test_has_store(to));
+	/* Done once: a second call finds nothing to move. */
+	CHECK(cache_store_move(old, to, &error) == 0);
+	CHECK(test_has_store(to));
+
+	/* Both hold a store: refused, nothing moved. */
+	test_rm_rf(old);
+	test_make_store(old);
+	error = NULL;
+	CHECK(cache_store_move(old, to, &error) == -EEXIST);
+	CHECK(error != NULL && strstr(error, "data_dir=") != NULL);
+	CHECK(test_exists(old, "index.sqlite"));
+	/* The same directory: nothing to do. */
+	CHECK(cache_store_move(old, old, &error) == 0);
+	CHECK(test_exists(old, "index.sqlite"));
+
+	/* Killed after the bodies moved, before the index did: finished. */
+	test_rm_rf(to);
+	if (asprintf(&moving, "%s.moving", to) < 0)
+		abort();
+	CHECK(mkdir(moving, 0700) == 0);
+	rel = test_path(old, "bodies");
+	dst = test_path(moving, "bodies");
+	CHECK(rename(rel, dst) == 0);
+	CHECK(cache_store_move(old, to, &error) == 0);
+	CHECK(access(moving, F_OK) < 0);
+	CHECK(!test_exists(old, "index.sqlite"));
+	CHECK(test_has_store(to));
+
+	free(rel);
+	free(dst);
+	free(moving);
+	free(none);
+	free(to);
+	free(old);
+}
+
 static void test_timing(void)
 {
 	enum { N = 10000 };
@@ -1604,6 +1688,7 @@ int main(void)
 	test_lru();
 	test_local_folders();
 	test_damaged_bodies();
+	test_store_move();
 	test_timing();
 	test_batches();
 	test_threads();
