@@ -705,3 +705,14 @@ def test_archive_bytes_do_not_count_as_cache(loaded, mount):
     assert int(st["archive_bytes"]) == archived, st
     # cache_bytes holds what read-ahead brought of the spool, never the archive.
     assert int(st["cache_bytes"]) <= others, st
+
+
+def test_second_mount_on_one_data_dir_is_refused(loaded, mount, try_mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    # Another cache dir (try_mount's own), the same data dir: one archive, one daemon.
+    a = try_mount(user, scheme="pop3s")
+    assert a.rc not in (0, None), a
+    assert not a.leftover, a.leftover
+    assert len(a.lines) == 1 and "in use by another mailfs" in a.stderr, a.stderr
+    assert len(os.listdir(spool(m))) == 5
