@@ -2133,62 +2133,56 @@ static bool cache_body_keep(struct cache *cache, int64_t folder_id,
 	return keep != 0;
 }
 
-/* Hard-link a damaged body into DIR/quarantine/, so that its bytes as
- * found survive whatever happens to the message later.  The name of the
- * link, or "" when it could not be made. */
-static void cache_quarantine(struct cache *cache, const char *path,
-			     int64_t folder_id, uint32_t uid, char *name,
-			     size_t size)
+/* Hard-link a damaged body into DIR/quarantine/F-UID, so that its bytes
+ * as found survive whatever happens to the message later.  1 when the
+ * link was made now, 0 when it was there already, -errno. */
+static int cache_quarantine(struct cache *cache, const char *path,
+			    int64_t folder_id, uint32_t uid, char *name,
+			    size_t size)
 {
-	int qfd;
+	int qfd, ret = 1;
 
+	snprintf(name, size, "%" PRId64 "-%" PRIu32, folder_id, uid);
 	if (mkdirat(cache->dir_fd, CACHE_QUARANTINE_NAME, 0700) < 0 &&
 	    errno != EEXIST)
-		goto fail;
+		return -errno;
 	qfd = openat(cache->dir_fd, CACHE_QUARANTINE_NAME,
 		     O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (qfd < 0)
-		goto fail;
-	snprintf(name, size, "%" PRId64 "-%" PRIu32 "-%lld", folder_id, uid,
-		 (long long)time(NULL));
-	if (linkat(cache->bodies_fd, path, qfd, name, 0) < 0 &&
-	    errno != EEXIST) {
-		close(qfd);
-		goto fail;
-	}
-	fsync(qfd);
+		return -errno;
+	if (linkat(cache->bodies_fd, path, qfd, name, 0) < 0)
+		ret = errno == EEXIST ? 0 : -errno;
+	else if (fsync(qfd) < 0)
+		ret = -errno;
 	close(qfd);
-	return;
-fail:
-	log_error("cache %s: cannot keep a copy of bodies/%s in "
-		  CACHE_QUARANTINE_NAME "/: %s", cache->dir, path,
-		  strerror(errno));
-	snprintf(name, size, "%s", "");
+	return ret;
 }
 
-/* A body that is the only copy has the wrong size: it stays, a copy goes
- * to quarantine/, and the row takes the file's size, so that the mount
- * shows exactly the bytes that are there. */
+/* A body that is the only copy has the wrong size: it stays, served as
+ * it is, and a link to it goes to quarantine/.  The row keeps the size
+ * that was stored, so cache_body_verify() goes on failing (the POP3
+ * fetcher then never deletes the server's copy). */
 static void cache_body_kept_damaged(struct cache *cache, int64_t folder_id,
 				    uint32_t uid, const char *path,
 				    uint64_t row_size, uint64_t file_size)
 {
-	sqlite3_stmt *st = cache_stmt(cache, ST_MSG_SET_SIZE);
-	uint64_t *total = cache_total(cache, folder_id);
-	char qname[80];
+	char qname[48];
+	int r = cache_quarantine(cache, path, folder_id, uid, qname,
+				 sizeof(qname));
 
-	cache_quarantine(cache, path, folder_id, uid, qname, sizeof(qname));
-	log_warn("cache %s: body bodies/%s has %" PRIu64 " bytes, %" PRIu64
-		 " were stored; it is the only copy: kept and served as it is"
-		 "%s%s", cache->dir, path, file_size, row_size,
-		 *qname ? ", a copy is in " CACHE_QUARANTINE_NAME "/" : "",
-		 qname);
-	cache_bind_key(st, folder_id, uid);
-	sqlite3_bind_int64(st, 3, (sqlite3_int64)file_size);
-	if (cache_run_one(cache, st) == 0) {
-		cache_total_sub(total, row_size);
-		*total += file_size;
-	}
+	if (r == 0)
+		return; /* said when it was quarantined */
+	if (r < 0)
+		log_error("cache %s: body bodies/%s has %" PRIu64 " bytes, %"
+			  PRIu64 " were stored; it is the only copy: kept and "
+			  "served as it is (no copy in " CACHE_QUARANTINE_NAME
+			  "/: %s)", cache->dir, path, file_size, row_size,
+			  strerror(-r));
+	else
+		log_warn("cache %s: body bodies/%s has %" PRIu64 " bytes, %"
+			 PRIu64 " were stored; it is the only copy: kept and "
+			 "served as it is, a copy is in " CACHE_QUARANTINE_NAME
+			 "/%s", cache->dir, path, file_size, row_size, qname);
 }
 
 int cache_body_verify(struct cache *cache, int64_t folder_id, uint32_t uid)

@@ -754,6 +754,15 @@ static void put_new(struct pstore *s, struct newmsg *nm, size_t n)
 	}
 }
 
+static bool archive_holds(struct pstore *s, uint32_t uid, const char *name);
+
+/* A sync's DELE of a message archived before needs its archived copy to
+ * be safe too; without a row, the user removed the local copy. */
+static bool archive_row_holds(struct pstore *s, const struct spool_row *row)
+{
+	return !row || archive_holds(s, row->uid, row->name);
+}
+
 /* Bring spool/ in line with the maildrop of the open session; DELE what
  * was archived and not yet deleted.  0 or a negative errno (connection). */
 static int do_sync(struct pstore *s)
@@ -786,7 +795,8 @@ static int do_sync(struct pstore *s)
 		if (archived) {
 			/* Read before: never offered again.  Without keep,
 			 * finish what a crash or a lost connection left. */
-			if (!s->keep && !consumed) {
+			if (!s->keep && !consumed &&
+			    archive_row_holds(s, find_row(arch, narch, pm->uidl))) {
 				log_info("%s: deleting message %s from the server: it was archived before",
 					 s->eng.server, pm->uidl);
 				r = pop3_client_dele(se->client, pm->n);

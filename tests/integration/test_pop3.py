@@ -689,7 +689,6 @@ def test_a_damaged_archived_body_is_kept(loaded, mount):
     data = read(os.path.join(archive(m2), name))
     assert data == msgs[subj][:100]
     assert os.path.exists(path[0]), "the only copy was deleted"
-    assert os.stat(os.path.join(archive(m2), name)).st_size == 100
     q = os.path.join(store, "quarantine")
     assert [read(os.path.join(q, f)) for f in os.listdir(q)] == [msgs[subj][:100]]
     assert "a copy is in quarantine/" in m2.log()
@@ -716,3 +715,31 @@ def test_second_mount_on_one_data_dir_is_refused(loaded, mount, try_mount):
     assert not a.leftover, a.leftover
     assert len(a.lines) == 1 and "in use by another mailfs" in a.stderr, a.stderr
     assert len(os.listdir(spool(m))) == 5
+
+
+def test_no_dele_while_the_archived_copy_is_damaged(loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    # Archived durably, killed before the DELE: the next sync would finish the consume.
+    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": "after_fsync"})
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    try:
+        read(os.path.join(spool(m), names[subj]))
+    except OSError:
+        pass
+    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash"
+    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
+    m.unmounted = True
+    # The archived copy is damaged meanwhile: the server's is then the only good one.
+    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    path = [p for root in (store, m.cache_dir) for p, b in _store_files(root).items()
+            if b == msgs[subj]]
+    assert len(path) == 1, path
+    with open(path[0], "r+b") as f:
+        f.truncate(50)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir,
+               allow=[r"is not stored safely .*; not deleting it from the server"])
+    time.sleep(2)
+    assert subj in pop.subjects(), "the server's copy was deleted; the archived one is damaged"
+    assert "not deleting it from the server" in m2.log()
