@@ -295,13 +295,26 @@ static _Thread_local char cache_error_buf[512];
 static const char *cache_error(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2)));
 
+/* The -o option that chose the directory being opened, for the hints
+ * (NULL: cache_dir). */
+static _Thread_local const char *cache_open_option;
+
 static const char *cache_error(const char *fmt, ...)
 {
+	static const char hint[] = "-o cache_dir=DIR";
+	char *at, rest[sizeof(cache_error_buf)];
 	va_list args;
 
 	va_start(args, fmt);
 	vsnprintf(cache_error_buf, sizeof(cache_error_buf), fmt, args);
 	va_end(args);
+	if (cache_open_option != NULL &&
+	    (at = strstr(cache_error_buf, hint)) != NULL) {
+		snprintf(rest, sizeof(rest), "%s", at + strlen(hint));
+		snprintf(at, sizeof(cache_error_buf) -
+				     (size_t)(at - cache_error_buf),
+			 "-o %s=DIR%s", cache_open_option, rest);
+	}
 	return cache_error_buf;
 }
 
@@ -1407,8 +1420,28 @@ fail:
 	return ret;
 }
 
+static int cache_open_dir_named(struct cache **cache_r, const char *dir,
+				uint64_t body_limit, const char **error_r);
+
+int cache_open_as(struct cache **cache_r, const char *dir, const char *option,
+		  uint64_t body_limit, const char **error_r)
+{
+	int ret;
+
+	cache_open_option = option;
+	ret = cache_open_dir_named(cache_r, dir, body_limit, error_r);
+	cache_open_option = NULL;
+	return ret;
+}
+
 int cache_open(struct cache **cache_r, const char *dir, uint64_t body_limit,
 	       const char **error_r)
+{
+	return cache_open_as(cache_r, dir, NULL, body_limit, error_r);
+}
+
+static int cache_open_dir_named(struct cache **cache_r, const char *dir,
+				uint64_t body_limit, const char **error_r)
 {
 	const char *error = NULL;
 	struct cache *cache;

@@ -70,6 +70,10 @@ struct cache_msg {
 
 int cache_open(struct cache **cache_r, const char *dir, uint64_t body_limit,
 	       const char **error_r);
+/* The same, for a directory chosen by -o OPTION=DIR (e.g. "data_dir"):
+ * the error messages say to choose another with that option. */
+int cache_open_as(struct cache **cache_r, const char *dir, const char *option,
+		  uint64_t body_limit, const char **error_r);
 void cache_close(struct cache **cache);
 
 /* ---- folders ---- */

@@ -325,7 +325,8 @@ int main(int argc, char **argv)
 	struct password_opts po = { .command = cfg.password_command, .file = cfg.password_file };
 	if (password_get(&url, &po, &password, &err) < 0)
 		die("%s", err);
-	if (cache_open(&cache, cache_dir, cache_limit, &err) < 0) {
+	if (cache_open_as(&cache, cache_dir, url.proto == URL_IMAP ? "cache_dir" : "data_dir",
+			  cache_limit, &err) < 0) {
 		password_free(password);
 		die("%s", err);
 	}

@@ -1581,8 +1581,8 @@ static int make_folders(struct pstore *s, const char **error_r)
 				     CACHE_FOLDER_LOCAL, &s->archive_id);
 	if (r == -EEXIST) {
 		snprintf(err, sizeof(err),
-			 "the cache directory already holds another account's folders "
-			 "(choose another with -o cache_dir=DIR)");
+			 "the data directory already holds another account's folders "
+			 "(choose another with -o data_dir=DIR)");
 		*error_r = err;
 		return -1;
 	}
