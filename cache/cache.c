@@ -2286,7 +2286,8 @@ int cache_body_open(struct cache *cache, int64_t folder_id, uint32_t uid)
 		close(fd);
 		goto out;
 	}
-	if ((uint64_t)st.st_size != size && !cache_body_keep(cache, folder_id, uid)) {
+	if ((uint64_t)st.st_size != size &&
+	    !cache_body_keep(cache, folder_id, uid)) {
 		log_warn("cache %s: body bodies/%s is damaged; fetching it again",
 			 cache->dir, path);
 		close(fd);
