@@ -1051,6 +1051,9 @@ static bool archive_holds(struct pstore *s, uint32_t uid, const char *name)
 	int r = cache_msg_get(s->cache, s->archive_id, uid, &a);
 	bool ok = r == 0 && a.cached && a.pinned;
 
+	/* An earlier pin that did not happen is made now. */
+	if (r == 0 && a.cached && !a.pinned)
+		ok = cache_msg_set_pinned(s->cache, s->archive_id, uid, true) == 0;
 	if (r == 0)
 		cache_msg_clear(&a);
 	if (ok && (r = cache_body_verify(s->cache, s->archive_id, uid)) < 0)
