@@ -2805,6 +2805,31 @@ static void cache_crash_point(const char *where)
 	}
 }
 
+/* Whether the index in dir has a folder of this server name: only a
+ * store of the right kind is moved (a cache_dir given by mistake, an IMAP
+ * account's, stays where it is).  Read-only: nothing is changed. */
+static bool cache_store_has_folder(const char *dir, const char *server_name)
+{
+	sqlite3_stmt *st = NULL;
+	sqlite3 *db = NULL;
+	char *path = NULL;
+	bool found = false;
+
+	if (asprintf(&path, "%s/" CACHE_INDEX_NAME, dir) < 0)
+		return false;
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, "SELECT 1 FROM folders WHERE server_name = ?1",
+			       -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_busy_timeout(db, CACHE_BUSY_TIMEOUT_MS);
+		sqlite3_bind_text(st, 1, server_name, -1, SQLITE_STATIC);
+		found = sqlite3_step(st) == SQLITE_ROW;
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	free(path);
+	return found;
+}
+
 /* Rename the store's entries from from_fd into staging, index last. */
 static int cache_store_move_entries(int from_fd, int staging_fd,
 				    const char *from, const char **error_r)
@@ -2840,7 +2865,8 @@ static int cache_store_move_entries(int from_fd, int staging_fd,
 	return 0;
 }
 
-int cache_store_move(const char *from, const char *to, const char **error_r)
+int cache_store_move(const char *from, const char *to, const char *folder,
+		     const char **error_r)
 {
 	char *staging = NULL, *parent = NULL;
 	struct stat fst, tst;
@@ -2867,7 +2893,8 @@ int cache_store_move(const char *from, const char *to, const char **error_r)
 		if (same)
 			goto out;
 		if (to_has) {
-			if (cache_entry_exists(from_fd, CACHE_INDEX_NAME)) {
+			if (cache_entry_exists(from_fd, CACHE_INDEX_NAME) &&
+			    cache_store_has_folder(from, folder)) {
 				*error_r = cache_error(
 					"%s holds an archive of an earlier "
 					"mailfs, and %s holds one already: "
@@ -2881,6 +2908,8 @@ int cache_store_move(const char *from, const char *to, const char **error_r)
 	}
 	from_has = cache_entry_exists(from_fd, CACHE_INDEX_NAME);
 	staged = access(staging, F_OK) == 0;
+	if (from_has && !staged && !cache_store_has_folder(from, folder))
+		goto out;
 	if (!from_has && !staged)
 		goto out;
 	/* An earlier mailfs still running on it would lose its writes. */

@@ -209,7 +209,8 @@ int cache_msg_move(struct cache *cache, int64_t folder_id, uint32_t uid,
 /* ---- moving a store ----
  *
  * Move the store in directory from (its index and bodies; nothing else
- * there) to directory to, which must not hold one: into "TO.moving"
+ * there), if it has a folder whose server name is folder, to directory
+ * to, which must not hold one: into "TO.moving"
  * entry by entry (renames, the index last), then one rename to TO.  A
  * crash at any point leaves every body and row in exactly one of the
  * two places, and the next call finishes the move.  0 also when there is
@@ -218,6 +219,7 @@ int cache_msg_move(struct cache *cache, int64_t folder_id, uint32_t uid,
  * -EXDEV across file systems; *error_r says what to do.  Call before
  * cache_open(to).  Test hook: MAILFS_TEST_CRASH_AT=store_move kills the
  * process after the bodies moved and before the index did. */
-int cache_store_move(const char *from, const char *to, const char **error_r);
+int cache_store_move(const char *from, const char *to, const char *folder,
+		     const char **error_r);
 
 #endif

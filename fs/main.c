@@ -316,7 +316,7 @@ int main(int argc, char **argv)
 
 		if (!data_dir)
 			die("no data directory: set HOME or give -o data_dir=DIR");
-		if (cache_store_move(cache_dir, data_dir, &err) < 0)
+		if (cache_store_move(cache_dir, data_dir, POP3_ARCHIVE_SERVER_NAME, &err) < 0)
 			die("%s", err);
 		free(cache_dir);
 		cache_dir = data_dir;

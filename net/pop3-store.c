@@ -45,7 +45,7 @@
 /* Server names no IMAP mailbox can have, so a cache directory once used
  * for something else cannot be mistaken for ours. */
 #define SPOOL_SERVER_NAME "\x01pop3:spool"
-#define ARCHIVE_SERVER_NAME "\x01pop3:archive"
+#define ARCHIVE_SERVER_NAME POP3_ARCHIVE_SERVER_NAME
 
 #define KV_NEXT_ID "pop3.next_id"
 #define KV_UIDL "pop3.uidl."

@@ -1252,27 +1252,30 @@ static void test_store_move(void)
 	char *none = test_dir("move-none"), *moving, *rel, *dst;
 	const char *error = NULL;
 
-	/* Nothing there: nothing to do, nothing created. */
-	CHECK(cache_store_move(none, to, &error) == 0);
+	/* Nothing there: nothing to do, nothing created.  A store of
+	 * another kind (no such folder) stays where it is. */
+	CHECK(cache_store_move(none, to, "archive", &error) == 0);
 	CHECK(access(to, F_OK) < 0);
 
 	test_make_store(old);
-	CHECK(cache_store_move(old, to, &error) == 0);
+	CHECK(cache_store_move(old, to, "other", &error) == 0);
+	CHECK(test_exists(old, "index.sqlite") && access(to, F_OK) < 0);
+	CHECK(cache_store_move(old, to, "archive", &error) == 0);
 	CHECK(!test_exists(old, "index.sqlite") && !test_exists(old, "bodies"));
 	CHECK(test_has_store(to));
 	/* Done once: a second call finds nothing to move. */
-	CHECK(cache_store_move(old, to, &error) == 0);
+	CHECK(cache_store_move(old, to, "archive", &error) == 0);
 	CHECK(test_has_store(to));
 
 	/* Both hold a store: refused, nothing moved. */
 	test_rm_rf(old);
 	test_make_store(old);
 	error = NULL;
-	CHECK(cache_store_move(old, to, &error) == -EEXIST);
+	CHECK(cache_store_move(old, to, "archive", &error) == -EEXIST);
 	CHECK(error != NULL && strstr(error, "data_dir=") != NULL);
 	CHECK(test_exists(old, "index.sqlite"));
 	/* The same directory: nothing to do. */
-	CHECK(cache_store_move(old, old, &error) == 0);
+	CHECK(cache_store_move(old, old, "archive", &error) == 0);
 	CHECK(test_exists(old, "index.sqlite"));
 
 	/* Killed after the bodies moved, before the index did: finished. */
@@ -1283,7 +1286,7 @@ static void test_store_move(void)
 	rel = test_path(old, "bodies");
 	dst = test_path(moving, "bodies");
 	CHECK(rename(rel, dst) == 0);
-	CHECK(cache_store_move(old, to, &error) == 0);
+	CHECK(cache_store_move(old, to, "archive", &error) == 0);
 	CHECK(access(moving, F_OK) < 0);
 	CHECK(!test_exists(old, "index.sqlite"));
 	CHECK(test_has_store(to));
