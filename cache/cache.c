@@ -41,6 +41,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -58,6 +59,7 @@
 #define CACHE_SCHEMA_VERSION 1
 #define CACHE_INDEX_NAME "index.sqlite"
 #define CACHE_BODIES_NAME "bodies"
+#define CACHE_QUARANTINE_NAME "quarantine"
 #define CACHE_TMP_PREFIX ".tmp-"
 #define CACHE_NAME_MAX 255
 /* Pending atime updates kept in memory before one batched write. */
@@ -86,6 +88,7 @@ enum cache_stmt_id {
 	ST_FOLDER_DELETE,
 	ST_FOLDER_EXISTS,
 	ST_FOLDER_BYTES,
+	ST_FOLDER_FLAGS,
 	ST_MSG_UPSERT,
 	ST_MSG_REFRESH,
 	ST_MSG_NAME_OF,
@@ -106,6 +109,7 @@ enum cache_stmt_id {
 	ST_BODY_STORED,
 	ST_BODY_DROPPED,
 	ST_BODY_TOUCH,
+	ST_BODY_KEEP,
 	ST_BODY_VICTIMS,
 	ST_KV_GET,
 	ST_KV_SET,
@@ -120,6 +124,9 @@ enum cache_stmt_id {
 	"folder_id, uid, name, size, mtime, flags, message_id, modseq, "  \
 	"cached, pinned"
 #define MSG_KEY "folder_id = ?1 AND uid = ?2"
+/* CACHE_FOLDER_LOCAL in SQL. */
+#define LOCAL_FLAG_SQL "64"
+_Static_assert(CACHE_FOLDER_LOCAL == 64, "LOCAL_FLAG_SQL");
 
 static const char *const cache_stmt_sql[ST_COUNT] = {
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -151,6 +158,7 @@ static const char *const cache_stmt_sql[ST_COUNT] = {
 	[ST_FOLDER_EXISTS] = "SELECT 1 FROM folders WHERE id = ?1",
 	[ST_FOLDER_BYTES] = "SELECT COALESCE(SUM(size), 0) FROM messages "
 			    "WHERE folder_id = ?1 AND cached = 1",
+	[ST_FOLDER_FLAGS] = "SELECT flags FROM folders WHERE id = ?1",
 	/* A replaced row keeps cached, pinned and atime, and while its body
 	 * is cached its size, which is then the exact byte count, not what
 	 * the server announced. */
@@ -200,9 +208,17 @@ static const char *const cache_stmt_sql[ST_COUNT] = {
 	/* MAX: a batched touch must not move a newer store's atime back. */
 	[ST_BODY_TOUCH] = "UPDATE messages SET atime = MAX(atime, ?3) "
 			  "WHERE " MSG_KEY " AND cached = 1",
-	/* Matches the partial index messages_lru. */
+	/* A body that is the only copy: pinned, or in a local folder. */
+	[ST_BODY_KEEP] = "SELECT pinned OR EXISTS (SELECT 1 FROM folders "
+			 "WHERE id = ?1 AND flags & " LOCAL_FLAG_SQL ") "
+			 "FROM messages WHERE " MSG_KEY,
+	/* Matches the partial index messages_lru.  Local folders are left
+	 * out here, not only by their rows' pinned flag: one write that did
+	 * not happen must not cost the only copy. */
 	[ST_BODY_VICTIMS] = "SELECT folder_id, uid, size FROM messages "
 			    "WHERE cached = 1 AND pinned = 0 "
+			    "AND folder_id NOT IN (SELECT id FROM folders "
+			    "WHERE flags & " LOCAL_FLAG_SQL ") "
 			    "ORDER BY atime LIMIT ?1",
 	[ST_KV_GET] = "SELECT value FROM kv WHERE key = ?1",
 	[ST_KV_SET] = "INSERT INTO kv (key, value) VALUES (?1, ?2) "
@@ -261,7 +277,9 @@ struct cache {
 	uint64_t body_limit; /* constant */
 	sqlite3 *db;        /* lock */
 	sqlite3_stmt *stmt[ST_COUNT]; /* lock */
-	uint64_t body_bytes; /* lock: SUM(size) of cached rows */
+	uint64_t body_bytes; /* lock: SUM(size) of cached rows, local
+				folders' apart */
+	uint64_t local_bytes; /* lock: the same of local folders' rows */
 	int64_t clock;      /* lock: the last atime handed out */
 	struct cache_touch touches[CACHE_TOUCH_MAX]; /* lock */
 	size_t touch_count; /* lock */
@@ -277,13 +295,26 @@ static _Thread_local char cache_error_buf[512];
 static const char *cache_error(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2)));
 
+/* The -o option that chose the directory being opened, for the hints
+ * (NULL: cache_dir). */
+static _Thread_local const char *cache_open_option;
+
 static const char *cache_error(const char *fmt, ...)
 {
+	static const char hint[] = "-o cache_dir=DIR";
+	char *at, rest[sizeof(cache_error_buf)];
 	va_list args;
 
 	va_start(args, fmt);
 	vsnprintf(cache_error_buf, sizeof(cache_error_buf), fmt, args);
 	va_end(args);
+	if (cache_open_option != NULL &&
+	    (at = strstr(cache_error_buf, hint)) != NULL) {
+		snprintf(rest, sizeof(rest), "%s", at + strlen(hint));
+		snprintf(at, sizeof(cache_error_buf) -
+				     (size_t)(at - cache_error_buf),
+			 "-o %s=DIR%s", cache_open_option, rest);
+	}
 	return cache_error_buf;
 }
 
@@ -634,6 +665,20 @@ static int64_t cache_tick(struct cache *cache)
 
 /* ---- body files ---- */
 
+/* mkdirat, mode 0700 whatever the umask, with the new entry synced in
+ * its parent: the first body stored below it depends on it.  0 when it
+ * was made or already there. */
+static int cache_mkdirat_durable(int parent_fd, const char *name)
+{
+	if (mkdirat(parent_fd, name, 0700) == 0) {
+		if (fchmodat(parent_fd, name, 0700, 0) < 0 ||
+		    fsync(parent_fd) < 0)
+			return -errno;
+		return 0;
+	}
+	return errno == EEXIST ? 0 : -errno;
+}
+
 /* Remove bodies/F/ and everything in it: bodies, orphans, temp files.
  * Failures are logged only: the rows go anyway, and the next open sweeps
  * what is left. */
@@ -717,16 +762,8 @@ static int cache_body_write_tmp(struct cache *cache, int64_t folder_id,
 	int dir_fd = -1, fd = -1, ret, tries;
 
 	cache_folder_dir_name(dname, sizeof(dname), folder_id);
-	if (mkdirat(cache->bodies_fd, dname, 0700) == 0) {
-		/* The umask may have taken bits away. */
-		if (fchmodat(cache->bodies_fd, dname, 0700, 0) < 0) {
-			ret = -errno;
-			goto fail;
-		}
-	} else if (errno != EEXIST) {
-		ret = -errno;
+	if ((ret = cache_mkdirat_durable(cache->bodies_fd, dname)) < 0)
 		goto fail;
-	}
 	dir_fd = openat(cache->bodies_fd, dname,
 			O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (dir_fd < 0) {
@@ -798,6 +835,31 @@ static int cache_body_state(struct cache *cache, int64_t folder_id,
 	return ret;
 }
 
+/* Whether a folder is local-only (CACHE_FOLDER_LOCAL). */
+static bool cache_folder_local(struct cache *cache, int64_t folder_id)
+{
+	sqlite3_stmt *st = cache_stmt(cache, ST_FOLDER_FLAGS);
+	int64_t flags = 0;
+
+	sqlite3_bind_int64(st, 1, folder_id);
+	if (cache_query_int(cache, st, &flags) < 0)
+		return false;
+	return (flags & CACHE_FOLDER_LOCAL) != 0;
+}
+
+/* The byte total a folder's cached bodies count in: local folders' do
+ * not count against the limit. */
+static uint64_t *cache_total(struct cache *cache, int64_t folder_id)
+{
+	return cache_folder_local(cache, folder_id) ? &cache->local_bytes :
+		&cache->body_bytes;
+}
+
+static void cache_total_sub(uint64_t *total, uint64_t size)
+{
+	*total -= size < *total ? size : *total;
+}
+
 /* Mark a row not cached and take its bytes off the total. */
 static int cache_body_dropped(struct cache *cache, int64_t folder_id,
 			      uint32_t uid, uint64_t size)
@@ -808,8 +870,7 @@ static int cache_body_dropped(struct cache *cache, int64_t folder_id,
 	cache_bind_key(st, folder_id, uid);
 	ret = cache_run(cache, st);
 	if (ret == 0)
-		cache->body_bytes -= size < cache->body_bytes ?
-			size : cache->body_bytes;
+		cache_total_sub(cache_total(cache, folder_id), size);
 	return ret;
 }
 
@@ -910,27 +971,33 @@ out:
  * after a rolled-back batch whose changes the in-memory total had seen. */
 static int cache_recount(struct cache *cache)
 {
-	int64_t bytes = 0, clock = 0;
+	int64_t bytes = 0, local = 0, clock = 0;
 	sqlite3_stmt *st;
 	int ret, rc;
 
 	rc = sqlite3_prepare_v2(cache->db,
-				"SELECT COALESCE(SUM(size), 0), "
-				"COALESCE(MAX(atime), 0) FROM messages "
-				"WHERE cached = 1",
+				"SELECT COALESCE(SUM(CASE WHEN f.flags & "
+				LOCAL_FLAG_SQL " THEN 0 ELSE m.size END), 0), "
+				"COALESCE(SUM(CASE WHEN f.flags & "
+				LOCAL_FLAG_SQL " THEN m.size ELSE 0 END), 0), "
+				"COALESCE(MAX(m.atime), 0) FROM messages m "
+				"LEFT JOIN folders f ON f.id = m.folder_id "
+				"WHERE m.cached = 1",
 				-1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return cache_failed(cache, NULL, rc);
 	ret = cache_step(cache, st);
 	if (ret == 1) {
 		bytes = sqlite3_column_int64(st, 0);
-		clock = sqlite3_column_int64(st, 1);
+		local = sqlite3_column_int64(st, 1);
+		clock = sqlite3_column_int64(st, 2);
 		ret = 0;
 	}
 	sqlite3_finalize(st);
 	if (ret < 0)
 		return ret;
 	cache->body_bytes = bytes > 0 ? (uint64_t)bytes : 0;
+	cache->local_bytes = local > 0 ? (uint64_t)local : 0;
 	if (clock > cache->clock)
 		cache->clock = clock;
 	return 0;
@@ -938,7 +1005,32 @@ static int cache_recount(struct cache *cache)
 
 /* ---- open and close ---- */
 
-/* mkdir -p, each directory created mode 0700 whatever the umask. */
+/* fsync the directory that holds path (a new entry in it). */
+static int cache_sync_parent(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *parent;
+	int fd, ret = 0;
+
+	if (slash == NULL)
+		parent = strdup(".");
+	else if (slash == path)
+		parent = strdup("/");
+	else
+		parent = strndup(path, (size_t)(slash - path));
+	if (parent == NULL)
+		return -ENOMEM;
+	fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0)
+		ret = -errno;
+	if (fd >= 0)
+		close(fd);
+	free(parent);
+	return ret;
+}
+
+/* mkdir -p, each directory created mode 0700 whatever the umask, and
+ * synced in its parent. */
 static int cache_mkdirs(const char *dir)
 {
 	char *path = strdup(dir);
@@ -954,8 +1046,9 @@ static int cache_mkdirs(const char *dir)
 			continue;
 		*p = '\0';
 		if (mkdir(path, 0700) == 0) {
-			if (chmod(path, 0700) < 0) {
-				ret = -errno;
+			if (chmod(path, 0700) < 0 ||
+			    (ret = cache_sync_parent(path)) < 0) {
+				ret = ret < 0 ? ret : -errno;
 				break;
 			}
 		} else if (errno != EEXIST) {
@@ -1294,11 +1387,9 @@ static int cache_open_bodies(struct cache *cache, const char **error_r)
 {
 	int ret;
 
-	if (mkdirat(cache->dir_fd, CACHE_BODIES_NAME, 0700) < 0 &&
-	    errno != EEXIST) {
-		ret = -errno;
+	if ((ret = cache_mkdirat_durable(cache->dir_fd,
+					 CACHE_BODIES_NAME)) < 0)
 		goto fail;
-	}
 	cache->bodies_fd = openat(cache->dir_fd, CACHE_BODIES_NAME,
 				  O_RDONLY | O_DIRECTORY | O_CLOEXEC |
 					  O_NOFOLLOW);
@@ -1329,8 +1420,28 @@ fail:
 	return ret;
 }
 
+static int cache_open_dir_named(struct cache **cache_r, const char *dir,
+				uint64_t body_limit, const char **error_r);
+
+int cache_open_as(struct cache **cache_r, const char *dir, const char *option,
+		  uint64_t body_limit, const char **error_r)
+{
+	int ret;
+
+	cache_open_option = option;
+	ret = cache_open_dir_named(cache_r, dir, body_limit, error_r);
+	cache_open_option = NULL;
+	return ret;
+}
+
 int cache_open(struct cache **cache_r, const char *dir, uint64_t body_limit,
 	       const char **error_r)
+{
+	return cache_open_as(cache_r, dir, NULL, body_limit, error_r);
+}
+
+static int cache_open_dir_named(struct cache **cache_r, const char *dir,
+				uint64_t body_limit, const char **error_r)
 {
 	const char *error = NULL;
 	struct cache *cache;
@@ -1433,6 +1544,7 @@ int cache_folder_put(struct cache *cache, int64_t parent_id, const char *name,
 	struct cache_folder old;
 	sqlite3_stmt *st;
 	int64_t id = 0;
+	bool recount = false;
 	int ret;
 
 	if (parent_id < 0 || server_name == NULL || *server_name == '\0')
@@ -1446,6 +1558,8 @@ int cache_folder_put(struct cache *cache, int64_t parent_id, const char *name,
 	ret = cache_folder_row(cache, st, &old);
 	if (ret == 0) {
 		id = old.id;
+		/* Its bodies change totals (an archive made before the flag). */
+		recount = ((old.flags ^ flags) & CACHE_FOLDER_LOCAL) != 0;
 		cache_folder_clear(&old);
 		if (parent_id == id) {
 			ret = -EINVAL;
@@ -1457,6 +1571,8 @@ int cache_folder_put(struct cache *cache, int64_t parent_id, const char *name,
 		cache_bind_text(st, 3, name);
 		sqlite3_bind_int64(st, 4, flags);
 		ret = cache_run(cache, st);
+		if (ret == 0 && recount)
+			ret = cache_recount(cache);
 	} else if (ret == -ENOENT) {
 		st = cache_stmt(cache, ST_FOLDER_INSERT);
 		sqlite3_bind_int64(st, 1, parent_id);
@@ -1583,6 +1699,7 @@ int cache_folder_set_state(struct cache *cache, int64_t id,
 static int cache_folder_drop(struct cache *cache, int64_t id, bool delete)
 {
 	sqlite3_stmt *st;
+	uint64_t *total;
 	int64_t bytes = 0;
 	int ret;
 
@@ -1591,6 +1708,7 @@ static int cache_folder_drop(struct cache *cache, int64_t id, bool delete)
 		ret = -ENOENT;
 		goto out;
 	}
+	total = cache_total(cache, id);
 	st = cache_stmt(cache, ST_FOLDER_BYTES);
 	sqlite3_bind_int64(st, 1, id);
 	if ((ret = cache_query_int(cache, st, &bytes)) < 0)
@@ -1619,8 +1737,7 @@ static int cache_folder_drop(struct cache *cache, int64_t id, bool delete)
 	if ((ret = cache_commit_txn(cache)) < 0)
 		goto out;
 	if (bytes > 0)
-		cache->body_bytes -= (uint64_t)bytes < cache->body_bytes ?
-			(uint64_t)bytes : cache->body_bytes;
+		cache_total_sub(total, (uint64_t)bytes);
 	goto out;
 
 rollback:
@@ -1947,8 +2064,11 @@ int cache_msg_set_size(struct cache *cache, int64_t folder_id, uint32_t uid,
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)size);
 	ret = cache_run_one(cache, st);
 	/* The total is the sum of cached rows' sizes, whatever they say. */
-	if (ret == 0 && cached)
-		cache->body_bytes = cache->body_bytes - old_size + size;
+	if (ret == 0 && cached) {
+		uint64_t *total = cache_total(cache, folder_id);
+
+		*total = *total - old_size + size;
+	}
 out:
 	pthread_mutex_unlock(&cache->lock);
 	return ret;
@@ -2003,8 +2123,7 @@ int cache_msg_delete(struct cache *cache, int64_t folder_id, uint32_t uid)
 	cache_bind_key(st, folder_id, uid);
 	ret = cache_run_one(cache, st);
 	if (ret == 0 && cached)
-		cache->body_bytes -= size < cache->body_bytes ?
-			size : cache->body_bytes;
+		cache_total_sub(cache_total(cache, folder_id), size);
 out:
 	pthread_mutex_unlock(&cache->lock);
 	return ret;
@@ -2032,6 +2151,98 @@ void cache_msg_list_free(struct cache_msg *msgs, size_t count)
 }
 
 /* ---- bodies ---- */
+
+/* Whether the body is the only copy: pinned, or in a local folder. */
+static bool cache_body_keep(struct cache *cache, int64_t folder_id,
+			    uint32_t uid)
+{
+	sqlite3_stmt *st = cache_stmt(cache, ST_BODY_KEEP);
+	int64_t keep = 1;
+
+	cache_bind_key(st, folder_id, uid);
+	/* In doubt (a failed query), keep it. */
+	if (cache_query_int(cache, st, &keep) < 0)
+		return true;
+	return keep != 0;
+}
+
+/* Hard-link a damaged body into DIR/quarantine/F-UID, so that its bytes
+ * as found survive whatever happens to the message later.  1 when the
+ * link was made now, 0 when it was there already, -errno. */
+static int cache_quarantine(struct cache *cache, const char *path,
+			    int64_t folder_id, uint32_t uid, char *name,
+			    size_t size)
+{
+	int qfd, ret = 1;
+
+	snprintf(name, size, "%" PRId64 "-%" PRIu32, folder_id, uid);
+	if (mkdirat(cache->dir_fd, CACHE_QUARANTINE_NAME, 0700) < 0 &&
+	    errno != EEXIST)
+		return -errno;
+	qfd = openat(cache->dir_fd, CACHE_QUARANTINE_NAME,
+		     O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (qfd < 0)
+		return -errno;
+	if (linkat(cache->bodies_fd, path, qfd, name, 0) < 0)
+		ret = errno == EEXIST ? 0 : -errno;
+	else if (fsync(qfd) < 0)
+		ret = -errno;
+	close(qfd);
+	return ret;
+}
+
+/* A body that is the only copy has the wrong size: it stays, served as
+ * it is, and a link to it goes to quarantine/.  The row keeps the size
+ * that was stored, so cache_body_verify() goes on failing (the POP3
+ * fetcher then never deletes the server's copy). */
+static void cache_body_kept_damaged(struct cache *cache, int64_t folder_id,
+				    uint32_t uid, const char *path,
+				    uint64_t row_size, uint64_t file_size)
+{
+	char qname[48];
+	int r = cache_quarantine(cache, path, folder_id, uid, qname,
+				 sizeof(qname));
+
+	if (r == 0)
+		return; /* said when it was quarantined */
+	if (r < 0)
+		log_error("cache %s: body bodies/%s has %" PRIu64 " bytes, %"
+			  PRIu64 " were stored; it is the only copy: kept and "
+			  "served as it is (no copy in " CACHE_QUARANTINE_NAME
+			  "/: %s)", cache->dir, path, file_size, row_size,
+			  strerror(-r));
+	else
+		log_warn("cache %s: body bodies/%s has %" PRIu64 " bytes, %"
+			 PRIu64 " were stored; it is the only copy: kept and "
+			 "served as it is, a copy is in " CACHE_QUARANTINE_NAME
+			 "/%s", cache->dir, path, file_size, row_size, qname);
+}
+
+int cache_body_verify(struct cache *cache, int64_t folder_id, uint32_t uid)
+{
+	char path[48];
+	struct stat st;
+	uint64_t size;
+	bool cached;
+	int ret;
+
+	pthread_mutex_lock(&cache->lock);
+	ret = cache_body_state(cache, folder_id, uid, &cached, &size);
+	if (ret < 0)
+		goto out;
+	if (!cached) {
+		ret = -ENOENT;
+		goto out;
+	}
+	cache_body_path(path, sizeof(path), folder_id, uid);
+	if (fstatat(cache->bodies_fd, path, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		ret = -errno;
+	else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size)
+		ret = -EIO;
+out:
+	pthread_mutex_unlock(&cache->lock);
+	return ret;
+}
 
 int cache_body_open(struct cache *cache, int64_t folder_id, uint32_t uid)
 {
@@ -2067,9 +2278,16 @@ int cache_body_open(struct cache *cache, int64_t folder_id, uint32_t uid)
 		goto out;
 	}
 	/* A volatile store cut short by a crash leaves a file whose size
-	 * is not the row's: never serve it. */
+	 * is not the row's: never serve it.  Unless it is the only copy,
+	 * which is never deleted: what is there is served. */
 	struct stat st;
-	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != size) {
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		close(fd);
+		goto out;
+	}
+	if ((uint64_t)st.st_size != size &&
+	    !cache_body_keep(cache, folder_id, uid)) {
 		log_warn("cache %s: body bodies/%s is damaged; fetching it again",
 			 cache->dir, path);
 		close(fd);
@@ -2078,6 +2296,9 @@ int cache_body_open(struct cache *cache, int64_t folder_id, uint32_t uid)
 		ret = -ENOENT;
 		goto out;
 	}
+	if ((uint64_t)st.st_size != size)
+		cache_body_kept_damaged(cache, folder_id, uid, path, size,
+					(uint64_t)st.st_size);
 	cache_touch(cache, folder_id, uid);
 	ret = fd;
 out:
@@ -2119,7 +2340,7 @@ static int cache_body_store_as(struct cache *cache, int64_t folder_id,
 			       bool durable)
 {
 	char tmp[48], fname[16];
-	uint64_t old_size = 0;
+	uint64_t old_size = 0, *total;
 	bool old_cached = false, have_tmp;
 	int dir_fd = -1, ret;
 
@@ -2154,10 +2375,10 @@ static int cache_body_store_as(struct cache *cache, int64_t folder_id,
 	ret = cache_body_mark_stored(cache, folder_id, uid, len, durable);
 	if (ret < 0)
 		goto out;
+	total = cache_total(cache, folder_id);
 	if (old_cached)
-		cache->body_bytes -= old_size < cache->body_bytes ?
-			old_size : cache->body_bytes;
-	cache->body_bytes += len;
+		cache_total_sub(total, old_size);
+	*total += len;
 	cache_evict(cache, folder_id, uid);
 out:
 	if (have_tmp)
@@ -2185,6 +2406,16 @@ uint64_t cache_bytes(struct cache *cache)
 
 	pthread_mutex_lock(&cache->lock);
 	bytes = cache->body_bytes;
+	pthread_mutex_unlock(&cache->lock);
+	return bytes;
+}
+
+uint64_t cache_local_bytes(struct cache *cache)
+{
+	uint64_t bytes;
+
+	pthread_mutex_lock(&cache->lock);
+	bytes = cache->local_bytes;
 	pthread_mutex_unlock(&cache->lock);
 	return bytes;
 }
@@ -2355,13 +2586,8 @@ static int cache_move_dir(struct cache *cache, int64_t folder_id)
 	int fd;
 
 	cache_folder_dir_name(dname, sizeof(dname), folder_id);
-	if (mkdirat(cache->bodies_fd, dname, 0700) == 0) {
-		/* The umask may have taken bits away. */
-		if (fchmodat(cache->bodies_fd, dname, 0700, 0) < 0)
-			return -errno;
-	} else if (errno != EEXIST) {
-		return -errno;
-	}
+	if ((fd = cache_mkdirat_durable(cache->bodies_fd, dname)) < 0)
+		return fd;
 	fd = openat(cache->bodies_fd, dname,
 		    O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	return fd < 0 ? -errno : fd;
@@ -2497,6 +2723,14 @@ int cache_msg_move(struct cache *cache, int64_t folder_id, uint32_t uid,
 		cache_rollback_txn(cache);
 	else
 		ret = cache_commit_txn(cache);
+	if (ret == 0 && cached) {
+		/* Into or out of a local folder: into the other total. */
+		uint64_t *from = cache_total(cache, folder_id);
+		uint64_t *to = cache_total(cache, to_folder_id);
+
+		cache_total_sub(from, size);
+		*to += size;
+	}
 	if (!full)
 		cache->batch_sync = true;
 out_sync:
@@ -2602,5 +2836,189 @@ out:
 	sqlite3_finalize(get);
 	free(old);
 	pthread_mutex_unlock(&cache->lock);
+	return ret;
+}
+
+/* ---- moving a store ---- */
+
+/* What makes a store, the index last: while the old directory still has
+ * it, the move is not done. */
+static const char *const cache_store_entries[] = {
+	CACHE_BODIES_NAME, CACHE_INDEX_NAME "-wal", CACHE_INDEX_NAME "-shm",
+	CACHE_INDEX_NAME,
+};
+
+static bool cache_entry_exists(int dir_fd, const char *name)
+{
+	struct stat st;
+
+	return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* The documented fault-injection hook (MAILFS_TEST_CRASH_AT). */
+static void cache_crash_point(const char *where)
+{
+	const char *at = getenv("MAILFS_TEST_CRASH_AT");
+
+	if (at != NULL && strcmp(at, where) == 0) {
+		log_info("MAILFS_TEST_CRASH_AT=%s: killing the daemon", where);
+		raise(SIGKILL);
+	}
+}
+
+/* Whether the index in dir has a folder of this server name: only a
+ * store of the right kind is moved (a cache_dir given by mistake, an IMAP
+ * account's, stays where it is).  Read-only: nothing is changed. */
+static bool cache_store_has_folder(const char *dir, const char *server_name)
+{
+	sqlite3_stmt *st = NULL;
+	sqlite3 *db = NULL;
+	char *path = NULL;
+	bool found = false;
+
+	if (asprintf(&path, "%s/" CACHE_INDEX_NAME, dir) < 0)
+		return false;
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, "SELECT 1 FROM folders WHERE server_name = ?1",
+			       -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_busy_timeout(db, CACHE_BUSY_TIMEOUT_MS);
+		sqlite3_bind_text(st, 1, server_name, -1, SQLITE_STATIC);
+		found = sqlite3_step(st) == SQLITE_ROW;
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	free(path);
+	return found;
+}
+
+/* Rename the store's entries from from_fd into staging, index last. */
+static int cache_store_move_entries(int from_fd, int staging_fd,
+				    const char *from, const char **error_r)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(cache_store_entries) /
+			    sizeof(cache_store_entries[0]); i++) {
+		const char *e = cache_store_entries[i];
+
+		if (!cache_entry_exists(from_fd, e))
+			continue;
+		if (renameat(from_fd, e, staging_fd, e) < 0) {
+			int ret = -errno;
+
+			*error_r = cache_error(
+				"cannot move %s/%s to the data directory: %s%s",
+				from, e, strerror(-ret),
+				ret == -EXDEV ? " (another file system: move "
+						"the directory by hand, or give "
+						"-o data_dir=DIR on its file "
+						"system)" : "");
+			return ret;
+		}
+		if (i == 0)
+			cache_crash_point("store_move");
+	}
+	if (fsync(staging_fd) < 0 || fsync(from_fd) < 0) {
+		*error_r = cache_error("cannot sync %s: %s", from,
+				       strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
+int cache_store_move(const char *from, const char *to, const char *folder,
+		     const char **error_r)
+{
+	char *staging = NULL, *parent = NULL;
+	struct stat fst, tst;
+	int from_fd = -1, staging_fd = -1, to_fd, ret = 0;
+	bool from_has, staged;
+
+	from_fd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (from_fd < 0)
+		return 0; /* no old store */
+	if (asprintf(&staging, "%s.moving", to) < 0) {
+		staging = NULL;
+		ret = -ENOMEM;
+		goto out;
+	}
+	to_fd = open(to, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (to_fd >= 0) {
+		bool same = fstat(from_fd, &fst) == 0 &&
+			    fstat(to_fd, &tst) == 0 &&
+			    fst.st_dev == tst.st_dev &&
+			    fst.st_ino == tst.st_ino;
+		bool to_has = cache_entry_exists(to_fd, CACHE_INDEX_NAME);
+
+		close(to_fd);
+		if (same)
+			goto out;
+		if (to_has) {
+			if (cache_entry_exists(from_fd, CACHE_INDEX_NAME) &&
+			    cache_store_has_folder(from, folder)) {
+				*error_r = cache_error(
+					"%s holds an archive of an earlier "
+					"mailfs, and %s holds one already: "
+					"mount with -o data_dir=%s to see the "
+					"earlier one",
+					from, to, from);
+				ret = -EEXIST;
+			}
+			goto out;
+		}
+	}
+	from_has = cache_entry_exists(from_fd, CACHE_INDEX_NAME);
+	staged = access(staging, F_OK) == 0;
+	if (from_has && !staged && !cache_store_has_folder(from, folder))
+		goto out;
+	if (!from_has && !staged)
+		goto out;
+	/* An earlier mailfs still running on it would lose its writes. */
+	if (flock(from_fd, LOCK_EX | LOCK_NB) < 0) {
+		ret = -errno;
+		*error_r = cache_error("cannot move the store in %s to %s: %s",
+				       from, to, errno == EWOULDBLOCK ?
+				       "it is in use by another mailfs "
+				       "(unmount it first)" : strerror(errno));
+		goto out;
+	}
+	log_info("moving the store in %s (an archive is state, not cache) "
+		 "to %s", from, to);
+	parent = strdup(staging);
+	if (parent == NULL) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (strrchr(parent, '/') != NULL && strrchr(parent, '/') != parent)
+		*strrchr(parent, '/') = '\0';
+	if ((ret = cache_mkdirs(parent)) < 0 ||
+	    (mkdir(staging, 0700) < 0 && errno != EEXIST) ||
+	    (ret = cache_sync_parent(staging)) < 0 ||
+	    (staging_fd = open(staging, O_RDONLY | O_DIRECTORY | O_CLOEXEC |
+					       O_NOFOLLOW)) < 0) {
+		ret = ret < 0 ? ret : -errno;
+		*error_r = cache_error("cannot create %s: %s", staging,
+				       strerror(-ret));
+		goto out;
+	}
+	if ((ret = cache_store_move_entries(from_fd, staging_fd, from,
+					    error_r)) < 0)
+		goto out;
+	/* One rename makes the whole store appear; an empty directory in
+	 * its place is replaced. */
+	if (rename(staging, to) < 0 || (ret = cache_sync_parent(to)) < 0) {
+		ret = ret < 0 ? ret : -errno;
+		*error_r = cache_error("cannot rename %s to %s: %s", staging,
+				       to, strerror(-ret));
+		goto out;
+	}
+out:
+	if (ret == -ENOMEM)
+		*error_r = cache_error("out of memory moving %s", from);
+	if (staging_fd >= 0)
+		close(staging_fd);
+	close(from_fd); /* and its flock */
+	free(staging);
+	free(parent);
 	return ret;
 }

@@ -7,8 +7,12 @@
  * every file 0600.  Bodies are written atomically (temp file in the same
  * directory, fsync, rename), so a crash leaves either the whole body or none.
  * The bytes of all bodies are bounded by body_limit: storing a body evicts
- * the least recently opened others (never one marked pinned) until the total
- * fits.  Knows no protocol and no kernel.
+ * the least recently opened others (never one marked pinned, never one of
+ * a CACHE_FOLDER_LOCAL folder, whose bytes are counted apart) until the
+ * total fits.  A body whose file does not have its row's size is deleted
+ * (to be fetched again), unless it is pinned or local: that one is the only
+ * copy, so it is kept and served as it is, with a hard link to it in
+ * DIR/quarantine/ and a warning.  Knows no protocol and no kernel.
  *
  * Thread-safe: every call takes the cache's mutex.  Strings in the structs
  * returned belong to the caller, who frees them with cache_folder_clear() /
@@ -32,6 +36,10 @@ struct cache;
 #define CACHE_FOLDER_DRAFTS   0x08u
 #define CACHE_FOLDER_JUNK     0x10u
 #define CACHE_FOLDER_ARCHIVE  0x20u
+/* Local-only: the bodies are the only copy (POP3's archive).  They are
+ * never evicted, pinned or not, never deleted for a size mismatch, and do
+ * not count against body_limit. */
+#define CACHE_FOLDER_LOCAL    0x40u
 #define CACHE_FOLDER_SEEN     0x100u /* seen in the latest LIST (for the
 					caller's mark-and-sweep) */
 
@@ -62,6 +70,10 @@ struct cache_msg {
 
 int cache_open(struct cache **cache_r, const char *dir, uint64_t body_limit,
 	       const char **error_r);
+/* The same, for a directory chosen by -o OPTION=DIR (e.g. "data_dir"):
+ * the error messages say to choose another with that option. */
+int cache_open_as(struct cache **cache_r, const char *dir, const char *option,
+		  uint64_t body_limit, const char **error_r);
 void cache_close(struct cache **cache);
 
 /* ---- folders ---- */
@@ -144,6 +156,10 @@ void cache_msg_list_free(struct cache_msg *msgs, size_t count);
 /* Open the cached body read-only (O_CLOEXEC) and mark it recently used.
  * Returns an fd the caller closes, or -ENOENT when not cached. */
 int cache_body_open(struct cache *cache, int64_t folder_id, uint32_t uid);
+/* 0 when the row says cached and its file is there with the row's size;
+ * -ENOENT when either is missing, -EIO for another size.  Changes
+ * nothing (for a check before the server's copy is deleted). */
+int cache_body_verify(struct cache *cache, int64_t folder_id, uint32_t uid);
 /* Store the body atomically, set the message's cached flag and its size to
  * len, then evict others if over the limit.  The message must exist
  * (-ENOENT otherwise). */
@@ -154,8 +170,11 @@ int cache_body_store(struct cache *cache, int64_t folder_id, uint32_t uid,
  * one (cache_body_open checks the size). */
 int cache_body_store_volatile(struct cache *cache, int64_t folder_id,
 			      uint32_t uid, const void *data, size_t len);
-/* Bytes of all cached bodies. */
+/* Bytes of the cached bodies that count against body_limit: all but
+ * those of local folders. */
 uint64_t cache_bytes(struct cache *cache);
+/* Bytes of the bodies of local folders (CACHE_FOLDER_LOCAL). */
+uint64_t cache_local_bytes(struct cache *cache);
 
 /* ---- small persistent settings (key/value), e.g. POP3 consumed UIDLs
  * are kept elsewhere; this is for counters and markers ---- */
@@ -189,5 +208,21 @@ int cache_commit(struct cache *cache);
  * to_uid or name is taken in the destination. */
 int cache_msg_move(struct cache *cache, int64_t folder_id, uint32_t uid,
 		   int64_t to_folder_id, uint32_t to_uid, const char *name);
+
+/* ---- moving a store ----
+ *
+ * Move the store in directory from (its index and bodies; nothing else
+ * there), if it has a folder whose server name is folder, to directory
+ * to, which must not hold one: into "TO.moving"
+ * entry by entry (renames, the index last), then one rename to TO.  A
+ * crash at any point leaves every body and row in exactly one of the
+ * two places, and the next call finishes the move.  0 also when there is
+ * nothing to move (from has no store, or is to).  Refused (-EEXIST) when
+ * both hold a store, -EBUSY-like (-EWOULDBLOCK) when a mailfs uses from,
+ * -EXDEV across file systems; *error_r says what to do.  Call before
+ * cache_open(to).  Test hook: MAILFS_TEST_CRASH_AT=store_move kills the
+ * process after the bodies moved and before the index did. */
+int cache_store_move(const char *from, const char *to, const char *folder,
+		     const char **error_r);
 
 #endif

@@ -10,6 +10,7 @@
  * start only after fuse_daemonize(): fork keeps only the calling thread. */
 #include <errno.h>
 #include <limits.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -36,6 +37,7 @@ struct config {
 	char *password_command;
 	char *cafile;
 	char *cache_dir;
+	char *data_dir;
 	char *cache_size;
 	char *names;
 	char *delete_mode;
@@ -56,6 +58,7 @@ static const struct fuse_opt config_opts[] = {
 	OPT("password_command=%s", password_command, 0),
 	OPT("cafile=%s", cafile, 0),
 	OPT("cache_dir=%s", cache_dir, 0),
+	OPT("data_dir=%s", data_dir, 0),
 	OPT("cache_size=%s", cache_size, 0),
 	OPT("names=%s", names, 0),
 	OPT("delete=%s", delete_mode, 0),
@@ -88,6 +91,8 @@ static void usage(FILE *out)
 		"  -o cafile=FILE         also trust the CA or certificate in FILE\n"
 		"  -o insecure            no certificate verification (warns)\n"
 		"  -o cache_dir=DIR       cache location (default $XDG_CACHE_HOME/mailfs/USER@HOST:PORT)\n"
+		"  -o data_dir=DIR        POP3: where the spool and the archive live\n"
+		"                         (default $XDG_DATA_HOME/mailfs/USER@HOST:PORT)\n"
 		"  -o cache_size=SIZE     bound on cached bodies, e.g. 512M, 2G (default 1G)\n"
 		"  -o poll=SECONDS        how often folders are checked (default 60)\n"
 		"  -o names=readable|uid  file naming (default readable)\n"
@@ -161,6 +166,32 @@ static char *default_cache_dir(const struct url *url)
 	else
 		n = asprintf(&dir, "%s/.cache/mailfs/%s@%s:%d", home && *home ? home : "/tmp",
 			     url->user, url->host, url->port);
+	return n < 0 ? NULL : dir;
+}
+
+/* State, not cache: POP3's archive is the only copy of what was read.
+ * $XDG_DATA_HOME, else ~/.local/share; HOME from the environment, else
+ * the password database (a mount from fstab may have no HOME).  Never
+ * /tmp, which is emptied at boot. */
+static char *default_data_dir(const struct url *url)
+{
+	const char *xdg = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
+	char *dir = NULL;
+	int n;
+
+	if (xdg && *xdg == '/')
+		n = asprintf(&dir, "%s/mailfs/%s@%s:%d", xdg, url->user, url->host, url->port);
+	else {
+		if (!home || !*home) {
+			struct passwd *pw = getpwuid(getuid());
+
+			home = pw && pw->pw_dir && *pw->pw_dir ? pw->pw_dir : NULL;
+		}
+		if (!home)
+			return NULL;
+		n = asprintf(&dir, "%s/.local/share/mailfs/%s@%s:%d", home, url->user, url->host,
+			     url->port);
+	}
 	return n < 0 ? NULL : dir;
 }
 
@@ -267,6 +298,7 @@ int main(int argc, char **argv)
 		return 2;
 	/* fuse_daemonize() changes to "/", even with -f. */
 	if (absolutize(&cfg.cafile, "cafile") < 0 || absolutize(&cfg.cache_dir, "cache_dir") < 0 ||
+	    absolutize(&cfg.data_dir, "data_dir") < 0 ||
 	    absolutize(&cfg.password_file, "password_file") < 0)
 		return 1;
 	if (cfg.insecure) {
@@ -276,11 +308,25 @@ int main(int argc, char **argv)
 	cache_dir = cfg.cache_dir ? strdup(cfg.cache_dir) : default_cache_dir(&url);
 	if (!cache_dir)
 		die("out of memory");
+	/* POP3 keeps its whole store (spool and archive) in the data
+	 * directory; an earlier mailfs kept it in the cache directory, from
+	 * where it is moved.  IMAP's store is a cache of the server. */
+	if (url.proto != URL_IMAP) {
+		char *data_dir = cfg.data_dir ? strdup(cfg.data_dir) : default_data_dir(&url);
+
+		if (!data_dir)
+			die("no data directory: set HOME or give -o data_dir=DIR");
+		if (cache_store_move(cache_dir, data_dir, POP3_ARCHIVE_SERVER_NAME, &err) < 0)
+			die("%s", err);
+		free(cache_dir);
+		cache_dir = data_dir;
+	}
 
 	struct password_opts po = { .command = cfg.password_command, .file = cfg.password_file };
 	if (password_get(&url, &po, &password, &err) < 0)
 		die("%s", err);
-	if (cache_open(&cache, cache_dir, cache_limit, &err) < 0) {
+	if (cache_open_as(&cache, cache_dir, url.proto == URL_IMAP ? "cache_dir" : "data_dir",
+			  cache_limit, &err) < 0) {
 		password_free(password);
 		die("%s", err);
 	}
@@ -424,6 +470,7 @@ out:
 	free(cfg.password_command);
 	free(cfg.cafile);
 	free(cfg.cache_dir);
+	free(cfg.data_dir);
 	free(cfg.cache_size);
 	free(cfg.names);
 	free(cfg.delete_mode);

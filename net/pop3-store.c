@@ -50,7 +50,7 @@
 /* Server names no IMAP mailbox can have, so a cache directory once used
  * for something else cannot be mistaken for ours. */
 #define SPOOL_SERVER_NAME "\x01pop3:spool"
-#define ARCHIVE_SERVER_NAME "\x01pop3:archive"
+#define ARCHIVE_SERVER_NAME POP3_ARCHIVE_SERVER_NAME
 
 #define KV_NEXT_ID "pop3.next_id"
 #define KV_UIDL "pop3.uidl."
@@ -1025,6 +1025,8 @@ static void put_new(struct pstore *s, struct newmsg *nm, size_t n)
 	}
 }
 
+static bool archive_holds(struct pstore *s, uint32_t uid, const char *name);
+
 /* Settle the records whose UIDL the listing has, now that TOP told who
  * their messages are: DELE the one owed a DELE, hide the consumed, and
  * offer (add to nm) a message that only inherited a consumed UIDL.  0 or
@@ -1063,7 +1065,8 @@ static int settle_checks(struct pstore *s, struct check *chk, size_t nchk,
 			continue;
 		/* Finish a consume a crash or a lost QUIT left: only for the
 		 * very message whose copy is in archive/. */
-		if (!known || archived_size(s, c->rec.uid) != c->rec.size) {
+		if (!known || archived_size(s, c->rec.uid) != c->rec.size ||
+		    !archive_holds(s, c->rec.uid, pm->uidl)) {
 			log_debug("%s: not deleting message %s: it cannot be shown to be the one archived",
 				  s->eng.server, pm->uidl);
 			continue;
@@ -1453,6 +1456,28 @@ static int archive_move(struct pstore *s, const struct cache_msg *m, char **name
 	return r;
 }
 
+/* Whether archive/ holds message uid for good: cached, pinned, its file
+ * of the row's size.  Checked before DELE, which is what makes it the
+ * only copy; if not, the server's copy stays. */
+static bool archive_holds(struct pstore *s, uint32_t uid, const char *name)
+{
+	struct cache_msg a;
+	int r = cache_msg_get(s->cache, s->archive_id, uid, &a);
+	bool ok = r == 0 && a.cached && a.pinned;
+
+	/* An earlier pin that did not happen is made now. */
+	if (r == 0 && a.cached && !a.pinned)
+		ok = cache_msg_set_pinned(s->cache, s->archive_id, uid, true) == 0;
+	if (r == 0)
+		cache_msg_clear(&a);
+	if (ok && (r = cache_body_verify(s->cache, s->archive_id, uid)) < 0)
+		ok = false;
+	if (!ok)
+		log_error("%s: archive/%s is not stored safely (%s); not deleting it from the server",
+			  s->eng.server, name, r < 0 ? strerror(-r) : "not cached and pinned");
+	return ok;
+}
+
 static void do_consume(struct pstore *s, uint32_t uid)
 {
 	struct cache_msg m;
@@ -1510,9 +1535,11 @@ static void do_consume(struct pstore *s, uint32_t uid)
 			  m.name);
 		goto out;
 	}
-	/* Pinned before the move: an archived body is never evicted. */
-	cache_msg_set_pinned(s->cache, s->spool_id, uid, true);
-	r = archive_move(s, &m, &archived_name);
+	/* Pinned before the move: an archived body is never evicted (the
+	 * archive folder is local-only as well). */
+	r = cache_msg_set_pinned(s->cache, s->spool_id, uid, true);
+	if (r == 0)
+		r = archive_move(s, &m, &archived_name);
 	if (r < 0) {
 		cache_msg_set_pinned(s->cache, s->spool_id, uid, false);
 		record_drop(s, m.message_id);
@@ -1527,6 +1554,8 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	if (s->keep)
 		goto out;
 	/* Now, and only now, the server's copy may go. */
+	if (!archive_holds(s, uid, archived_name ? archived_name : m.name))
+		goto out;
 	if (session_need(s) < 0)
 		goto out; /* the next sync deletes it */
 	struct pop3_msg *pm = sess_find(&s->sess, m.message_id);
@@ -1984,19 +2013,20 @@ static const struct store_ops pstore_ops = {
 	.destroy = pstore_destroy,
 };
 
-/* The two folders; archive's messages are pinned as they arrive. */
+/* The two folders; archive's messages are pinned as they arrive, and
+ * the folder is local-only (never evicted, not counted in cache_size). */
 static int make_folders(struct pstore *s, const char **error_r)
 {
 	static __thread char err[512];
 	int r = cache_folder_put(s->cache, 0, SPOOL_NAME, SPOOL_SERVER_NAME, 0, &s->spool_id);
 
 	if (r == 0)
-		r = cache_folder_put(s->cache, 0, ARCHIVE_NAME, ARCHIVE_SERVER_NAME, 0,
-				     &s->archive_id);
+		r = cache_folder_put(s->cache, 0, ARCHIVE_NAME, ARCHIVE_SERVER_NAME,
+				     CACHE_FOLDER_LOCAL, &s->archive_id);
 	if (r == -EEXIST) {
 		snprintf(err, sizeof(err),
-			 "the cache directory already holds another account's folders "
-			 "(choose another with -o cache_dir=DIR)");
+			 "the data directory already holds another account's folders "
+			 "(choose another with -o data_dir=DIR)");
 		*error_r = err;
 		return -1;
 	}

@@ -61,6 +61,10 @@
 #include "store.h"
 #include "url.h"
 
+/* The archive folder's server name: a store that has it is POP3's (and
+ * is moved from an earlier version's cache directory, see main.c). */
+#define POP3_ARCHIVE_SERVER_NAME "\x01pop3:archive"
+
 struct pop3_store_opts {
 	const struct url *url;
 	const char *password;  /* copied; the copy is wiped on destroy */

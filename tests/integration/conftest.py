@@ -515,6 +515,10 @@ class Mounter:
         env.update(TZ="UTC", HOME=home, XDG_CACHE_HOME=os.path.join(home, ".cache"),
                    XDG_CONFIG_HOME=os.path.join(home, ".config"), XDG_RUNTIME_DIR=run,
                    LC_ALL="C.UTF-8")
+        if as_user is None:
+            # State (POP3's archive) outlives a mount: one data dir per test, so that a
+            # remount with the same cache_dir finds it, and no test sees another's.
+            env["XDG_DATA_HOME"] = os.path.join(self.base_dir, "data")
         # Sanitizer reports of a detached daemon would go to /dev/null: send them to files.
         for var, prefix in (("ASAN_OPTIONS", "asan"), ("UBSAN_OPTIONS", "ubsan")):
             cur = env.get(var, "")

@@ -819,3 +819,208 @@ def test_old_records_without_identity_are_hidden_but_never_deleted(loaded, mount
     assert not problems, problems
     assert pop.uidls() == before
     assert not re.search(r"DELE \d", m2.log())
+
+
+# --------------------------------------------------------------------------
+# the archive is state, not cache (AUDIT A6)
+
+def _account_dir(m):
+    """USER@HOST:PORT of a mount's source, the store's directory name."""
+    return re.match(r"pop3s?://(.*)$", m.source).group(1)
+
+
+def _store_files(root):
+    """{path: bytes} of the body files under ROOT/bodies/."""
+    out = {}
+    bodies = os.path.join(root, "bodies")
+    for dirpath, dirs, files in os.walk(bodies):
+        for f in files:
+            if not f.startswith("."):
+                out[os.path.join(dirpath, f)] = read(os.path.join(dirpath, f))
+    return out
+
+
+def _consume(m, msgs, count):
+    """Read COUNT spool messages to their end; wait until they are archived and gone from
+    the server.  Returns {subject: archive name}."""
+    names = by_subject(spool(m))
+    done = {}
+    for subj in sorted(names)[:count]:
+        assert read(os.path.join(spool(m), names[subj])) == msgs[subj]
+        done[subj] = names[subj]
+    assert wait_for(lambda: all(n in os.listdir(archive(m)) for n in done.values()))
+    return done
+
+
+def test_archive_lives_in_xdg_data_home_and_survives_a_cache_wipe(loaded, mount, tmp_path):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    data_home = str(tmp_path / "xdg-data")
+    env = {"XDG_DATA_HOME": data_home}
+    m = mount(user, scheme="pop3s", env=env)
+    done = _consume(m, msgs, 2)
+    assert wait_for(lambda: len(pop.uidls()) == 3)
+    assert not m.unmount()
+    store = os.path.join(data_home, "mailfs", _account_dir(m))
+    assert os.path.isfile(os.path.join(store, "index.sqlite")), os.listdir(data_home)
+    assert oct(os.stat(store).st_mode & 0o777) == oct(0o700)
+    kept = sorted(_store_files(store).values())
+    assert all(msgs[s] in kept for s in done), "archived bodies are not in the data dir"
+    # What a cache cleaner does: the cache directory goes.
+    assert not os.path.exists(os.path.join(m.cache_dir, "index.sqlite"))
+    subprocess.run(["rm", "-rf", m.cache_dir], check=True)
+    m2 = mount(user, scheme="pop3s", env=env, cache_dir=m.cache_dir)
+    assert sorted(os.listdir(archive(m2))) == sorted(done.values())
+    for subj, name in done.items():
+        assert read(os.path.join(archive(m2), name)) == msgs[subj]
+    # Not offered again either.
+    assert sorted(by_subject(spool(m2))) == sorted(s for s in msgs if s not in done)
+
+
+def test_archive_default_is_under_home_local_share(loaded, mount):
+    user, token, msgs = loaded
+    # An empty XDG_DATA_HOME means unset: ~/.local/share.
+    m = mount(user, scheme="pop3s", env={"XDG_DATA_HOME": ""})
+    done = _consume(m, msgs, 1)
+    assert not m.unmount()
+    store = os.path.join(m.workdir, "home", ".local", "share", "mailfs", _account_dir(m))
+    bodies = _store_files(store)
+    assert msgs[list(done)[0]] in bodies.values(), (store, sorted(bodies))
+
+
+def _old_layout(mounter, user, msgs, cache_dir, count):
+    """An archive of COUNT messages in CACHE_DIR as an earlier mailfs kept it: made by the
+    binary in MAILFS_OLD_BIN (e.g. main's) when set, else by this one with data_dir=CACHE_DIR
+    (the store in the cache dir, which is that layout)."""
+    old_bin = os.environ.get("MAILFS_OLD_BIN")
+    binary = mounter.binary
+    opts = [] if old_bin else ["data_dir=" + cache_dir]
+    if old_bin:
+        mounter.binary = old_bin
+    try:
+        m = mounter.mount(user, scheme="pop3s", cache_dir=cache_dir, options=opts)
+        done = _consume(m, msgs, count)
+        assert not m.unmount()
+    finally:
+        mounter.binary = binary
+    assert os.path.isfile(os.path.join(cache_dir, "index.sqlite"))
+    files = _store_files(cache_dir)
+    assert all(msgs[s] in files.values() for s in done)
+    return done
+
+
+def test_archive_in_an_old_cache_dir_is_moved_to_the_data_dir(loaded, mounter, tmp_path):
+    user, token, msgs = loaded
+    cache_dir = str(tmp_path / "old-cache")
+    done = _old_layout(mounter, user, msgs, cache_dir, 2)
+    m = mounter.mount(user, scheme="pop3s", cache_dir=cache_dir)
+    assert sorted(os.listdir(archive(m))) == sorted(done.values())
+    for subj, name in done.items():
+        assert read(os.path.join(archive(m), name)) == msgs[subj]
+    assert sorted(by_subject(spool(m))) == sorted(s for s in msgs if s not in done)
+    # Moved, not copied: the cache dir holds no store any more.
+    assert not os.path.exists(os.path.join(cache_dir, "index.sqlite"))
+    assert _store_files(cache_dir) == {}
+    # And it goes on working: one more is archived, next to the moved ones.
+    more = _consume(m, msgs, 1)
+    assert not m.unmount()
+    m2 = mounter.mount(user, scheme="pop3s", cache_dir=cache_dir)
+    assert sorted(os.listdir(archive(m2))) == sorted(list(done.values()) + list(more.values()))
+
+
+def test_kill_during_the_archive_move_loses_nothing(loaded, mounter, tmp_path):
+    user, token, msgs = loaded
+    cache_dir = str(tmp_path / "old-cache")
+    done = _old_layout(mounter, user, msgs, cache_dir, 3)
+    a = mounter.try_mount(user, scheme="pop3s", cache_dir=cache_dir,
+                          env={"MAILFS_TEST_CRASH_AT": "store_move"})
+    assert a.rc == -9, a
+    # Every archived body is in one of the two places, none in both.
+    data_root = os.path.join(mounter.base_dir, "data", "mailfs")
+    found = []
+    for root in [cache_dir] + [os.path.join(data_root, d) for d in os.listdir(data_root)]:
+        found += list(_store_files(root).values())
+    for s in done:
+        assert found.count(msgs[s]) == 1, s
+    # The next mount finishes the move.
+    m = mounter.mount(user, scheme="pop3s", cache_dir=cache_dir)
+    assert sorted(os.listdir(archive(m))) == sorted(done.values())
+    for subj, name in done.items():
+        assert read(os.path.join(archive(m), name)) == msgs[subj]
+    assert sorted(by_subject(spool(m))) == sorted(s for s in msgs if s not in done)
+    assert not os.path.exists(os.path.join(cache_dir, "index.sqlite"))
+
+
+def test_a_damaged_archived_body_is_kept(loaded, mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    done = _consume(m, msgs, 1)
+    subj, name = list(done.items())[0]
+    assert not m.unmount()
+    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    path = [p for root in (store, m.cache_dir) for p, b in _store_files(root).items()
+            if b == msgs[subj]]
+    assert len(path) == 1, path
+    store = path[0].split("/bodies/")[0]
+    # A disk error, a careless tool: the file is cut short.
+    with open(path[0], "r+b") as f:
+        f.truncate(100)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir,
+               allow=[r"it is the only copy: kept and served as it is"])
+    data = read(os.path.join(archive(m2), name))
+    assert data == msgs[subj][:100]
+    assert os.path.exists(path[0]), "the only copy was deleted"
+    q = os.path.join(store, "quarantine")
+    assert [read(os.path.join(q, f)) for f in os.listdir(q)] == [msgs[subj][:100]]
+    assert "a copy is in quarantine/" in m2.log()
+
+
+def test_archive_bytes_do_not_count_as_cache(loaded, mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    done = _consume(m, msgs, 2)
+    archived = sum(len(msgs[s]) for s in done)
+    others = sum(len(b) for s, b in msgs.items() if s not in done)
+    st = m.status()
+    assert int(st["archive_bytes"]) == archived, st
+    # cache_bytes holds what read-ahead brought of the spool, never the archive.
+    assert int(st["cache_bytes"]) <= others, st
+
+
+def test_second_mount_on_one_data_dir_is_refused(loaded, mount, try_mount):
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    # Another cache dir (try_mount's own), the same data dir: one archive, one daemon.
+    a = try_mount(user, scheme="pop3s")
+    assert a.rc not in (0, None), a
+    assert not a.leftover, a.leftover
+    assert len(a.lines) == 1 and "in use by another mailfs" in a.stderr, a.stderr
+    assert len(os.listdir(spool(m))) == 5
+
+
+def test_no_dele_while_the_archived_copy_is_damaged(loaded, mount):
+    user, token, msgs = loaded
+    pop = Pop(user)
+    # Archived durably, killed before the DELE: the next sync would finish the consume.
+    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": "after_fsync"})
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    try:
+        read(os.path.join(spool(m), names[subj]))
+    except OSError:
+        pass
+    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash"
+    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
+    m.unmounted = True
+    # The archived copy is damaged meanwhile: the server's is then the only good one.
+    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    path = [p for root in (store, m.cache_dir) for p, b in _store_files(root).items()
+            if b == msgs[subj]]
+    assert len(path) == 1, path
+    with open(path[0], "r+b") as f:
+        f.truncate(50)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir,
+               allow=[r"is not stored safely .*; not deleting it from the server"])
+    time.sleep(2)
+    assert subj in pop.subjects(), "the server's copy was deleted; the archived one is damaged"
+    assert "not deleting it from the server" in m2.log()

@@ -1040,6 +1040,265 @@ static void test_lru(void)
 	free(dir);
 }
 
+/* Local-only folders (CACHE_FOLDER_LOCAL, e.g. POP3's archive) hold the
+ * only copy: their bodies are never evicted, even unpinned, and do not
+ * count against the limit (AUDIT A6, and E "a large POP3 archive defeats
+ * cache_size"). */
+static void test_local_folders(void)
+{
+	char *dir = test_dir("local");
+	struct cache *cache = test_open(dir, 3000);
+	int64_t local = 0, other = test_folder(cache, "INBOX"), late;
+	struct cache_folder f;
+
+	CHECK(cache_folder_put(cache, 0, "archive", "\x01test:archive",
+			       CACHE_FOLDER_LOCAL, &local) == 0);
+	for (uint32_t uid = 1; uid <= 4; uid++) {
+		CHECK(test_put(cache, local, uid, NULL, "a", 1000, NULL) == 0);
+		CHECK(test_store(cache, local, uid, 1000, 'a') == 0);
+	}
+	/* 4000 local bytes over a 3000 limit: none evicted, none counted. */
+	CHECK(cache_bytes(cache) == 0);
+	CHECK(cache_local_bytes(cache) == 4000);
+	for (uint32_t uid = 1; uid <= 4; uid++)
+		CHECK(test_cached(cache, local, uid));
+	/* Ordinary bodies get the whole limit and evict only each other. */
+	for (uint32_t uid = 1; uid <= 4; uid++) {
+		CHECK(test_put(cache, other, uid, NULL, "m", 1000, NULL) == 0);
+		CHECK(test_store(cache, other, uid, 1000, 'm') == 0);
+	}
+	CHECK(cache_bytes(cache) == 3000);
+	CHECK(!test_cached(cache, other, 1));
+	CHECK(test_cached(cache, other, 2) && test_cached(cache, other, 4));
+	for (uint32_t uid = 1; uid <= 4; uid++)
+		CHECK(test_cached(cache, local, uid));
+	/* A lower limit at open evicts ordinary bodies only; the totals are
+	 * recounted the same way. */
+	cache_close(&cache);
+	cache = test_open(dir, 0);
+	CHECK(cache_bytes(cache) == 0);
+	CHECK(cache_local_bytes(cache) == 4000);
+	for (uint32_t uid = 1; uid <= 4; uid++)
+		CHECK(test_cached(cache, local, uid));
+	cache_close(&cache);
+	cache = test_open(dir, 3000);
+
+	/* A move into the local folder takes the bytes off the total. */
+	CHECK(test_store(cache, other, 2, 1000, 'm') == 0);
+	CHECK(cache_bytes(cache) == 1000);
+	CHECK(cache_msg_move(cache, other, 2, local, 2000, "moved.eml") == 0);
+	CHECK(cache_bytes(cache) == 0);
+	CHECK(cache_local_bytes(cache) == 5000);
+	/* Deleting a local body takes it off the local total only. */
+	CHECK(cache_msg_delete(cache, local, 2000) == 0);
+	CHECK(cache_local_bytes(cache) == 4000);
+
+	/* A folder that becomes local (an archive made before the flag
+	 * existed) stops counting at once. */
+	late = test_folder(cache, "old-archive");
+	CHECK(test_put(cache, late, 1, NULL, "o", 1000, NULL) == 0);
+	CHECK(test_store(cache, late, 1, 1000, 'o') == 0);
+	CHECK(cache_bytes(cache) == 1000);
+	CHECK(cache_folder_put(cache, 0, "old-archive", "old-archive",
+			       CACHE_FOLDER_LOCAL, NULL) == 0);
+	CHECK(cache_folder_get(cache, late, &f) == 0);
+	CHECK(f.flags == CACHE_FOLDER_LOCAL);
+	cache_folder_clear(&f);
+	CHECK(cache_bytes(cache) == 0);
+	CHECK(cache_local_bytes(cache) == 5000);
+	for (uint32_t uid = 10; uid <= 14; uid++) {
+		CHECK(test_put(cache, other, uid, NULL, "m", 1000, NULL) == 0);
+		CHECK(test_store(cache, other, uid, 1000, 'm') == 0);
+	}
+	CHECK(test_cached(cache, late, 1));
+	CHECK(cache_bytes(cache) == 3000);
+	/* Dropping a local folder takes its bytes off the local total. */
+	CHECK(cache_folder_delete(cache, late) == 0);
+	CHECK(cache_local_bytes(cache) == 4000);
+	CHECK(cache_bytes(cache) == 3000);
+	cache_close(&cache);
+	free(dir);
+}
+
+/* Change a body file behind the cache's back: cut it to len bytes. */
+static void test_damage(const char *dir, int64_t folder, uint32_t uid,
+			off_t len)
+{
+	char rel[64], *path;
+
+	snprintf(rel, sizeof(rel), "bodies/%" PRId64 "/%" PRIu32, folder, uid);
+	path = test_path(dir, rel);
+	CHECK(truncate(path, len) == 0);
+	free(path);
+}
+
+static int test_count_dir(const char *dir, const char *rel)
+{
+	char *path = test_path(dir, rel);
+	struct dirent *de;
+	int count = 0;
+	DIR *d = opendir(path);
+
+	while (d != NULL && (de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			count++;
+	if (d != NULL)
+		closedir(d);
+	free(path);
+	return count;
+}
+
+/* A body whose size is not its row's is deleted and fetched again when
+ * the server has it; a pinned body or one of a local folder is the only
+ * copy: it is never deleted, a copy goes to quarantine/, and the bytes
+ * that are there are served (AUDIT A6). */
+static void test_damaged_bodies(void)
+{
+	char *dir = test_dir("damaged");
+	struct cache *cache = test_open(dir, 1 << 20);
+	int64_t inbox = test_folder(cache, "INBOX"), local = 0;
+	struct cache_msg m;
+	char buf[64];
+	int fd;
+
+	CHECK(cache_folder_put(cache, 0, "archive", "\x01test:archive",
+			       CACHE_FOLDER_LOCAL, &local) == 0);
+	for (uint32_t uid = 1; uid <= 3; uid++) {
+		int64_t folder = uid == 3 ? local : inbox;
+
+		CHECK(test_put(cache, folder, uid, NULL, "d", 40, NULL) == 0);
+		CHECK(test_store(cache, folder, uid, 40, 'd') == 0);
+		CHECK(cache_body_verify(cache, folder, uid) == 0);
+		test_damage(dir, folder, uid, 25);
+		CHECK(cache_body_verify(cache, folder, uid) == -EIO);
+	}
+	CHECK(cache_msg_set_pinned(cache, inbox, 2, true) == 0);
+	/* Unpinned, ordinary: dropped, to be fetched again. */
+	CHECK(cache_body_open(cache, inbox, 1) == -ENOENT);
+	CHECK(!test_cached(cache, inbox, 1));
+	/* Pinned, and local: served as they are, never deleted. */
+	for (uint32_t uid = 2; uid <= 3; uid++) {
+		int64_t folder = uid == 3 ? local : inbox;
+
+		fd = cache_body_open(cache, folder, uid);
+		CHECK(fd >= 0);
+		if (fd >= 0) {
+			CHECK(read(fd, buf, sizeof(buf)) == 25);
+			close(fd);
+		}
+		/* The row keeps the stored size: still not verified. */
+		CHECK(cache_msg_get(cache, folder, uid, &m) == 0);
+		CHECK(m.cached && m.size == 40);
+		cache_msg_clear(&m);
+		CHECK(cache_body_verify(cache, folder, uid) == -EIO);
+		/* Opened again: one copy in quarantine/, still served. */
+		fd = cache_body_open(cache, folder, uid);
+		CHECK(fd >= 0);
+		if (fd >= 0)
+			close(fd);
+	}
+	CHECK(test_count_dir(dir, "quarantine") == 2);
+	CHECK(cache_bytes(cache) == 40);
+	CHECK(cache_local_bytes(cache) == 40);
+	/* The quarantined copies survive a reopen's sweep. */
+	cache_close(&cache);
+	cache = test_open(dir, 1 << 20);
+	CHECK(test_count_dir(dir, "quarantine") == 2);
+	CHECK(test_cached(cache, inbox, 2) && test_cached(cache, local, 3));
+	/* Missing: verify says so. */
+	CHECK(cache_body_verify(cache, inbox, 1) == -ENOENT);
+	CHECK(cache_body_verify(cache, inbox, 99) == -ENOENT);
+	cache_close(&cache);
+	free(dir);
+}
+
+/* A store with folder "archive" and message 1 (body "kept"), closed. */
+static void test_make_store(const char *dir)
+{
+	struct cache *cache = test_open(dir, 1 << 20);
+	int64_t folder = test_folder(cache, "archive");
+
+	CHECK(test_put(cache, folder, 1, NULL, "k", 4, NULL) == 0);
+	CHECK(cache_body_store(cache, folder, 1, "kept", 4) == 0);
+	cache_close(&cache);
+}
+
+/* The store in dir has message 1 with its body. */
+static bool test_has_store(const char *dir)
+{
+	struct cache *cache = test_open(dir, 1 << 20);
+	struct cache_folder f;
+	char buf[8] = { 0 };
+	bool ok = false;
+	int fd;
+
+	if (cache_folder_lookup(cache, 0, "archive", &f) == 0) {
+		fd = cache_body_open(cache, f.id, 1);
+		ok = fd >= 0 && read(fd, buf, sizeof(buf)) == 4 &&
+		     memcmp(buf, "kept", 4) == 0;
+		if (fd >= 0)
+			close(fd);
+		cache_folder_clear(&f);
+	}
+	cache_close(&cache);
+	return ok;
+}
+
+/* An earlier version's store moves from the cache dir to the data dir
+ * (AUDIT A6); an interrupted move is finished. */
+static void test_store_move(void)
+{
+	char *old = test_dir("move-old"), *to = test_dir("data/acct");
+	char *none = test_dir("move-none"), *moving, *rel, *dst;
+	const char *error = NULL;
+
+	/* Nothing there: nothing to do, nothing created.  A store of
+	 * another kind (no such folder) stays where it is. */
+	CHECK(cache_store_move(none, to, "archive", &error) == 0);
+	CHECK(access(to, F_OK) < 0);
+
+	test_make_store(old);
+	CHECK(cache_store_move(old, to, "other", &error) == 0);
+	CHECK(test_exists(old, "index.sqlite") && access(to, F_OK) < 0);
+	CHECK(cache_store_move(old, to, "archive", &error) == 0);
+	CHECK(!test_exists(old, "index.sqlite") && !test_exists(old, "bodies"));
+	CHECK(test_has_store(to));
+	/* Done once: a second call finds nothing to move. */
+	CHECK(cache_store_move(old, to, "archive", &error) == 0);
+	CHECK(test_has_store(to));
+
+	/* Both hold a store: refused, nothing moved. */
+	test_rm_rf(old);
+	test_make_store(old);
+	error = NULL;
+	CHECK(cache_store_move(old, to, "archive", &error) == -EEXIST);
+	CHECK(error != NULL && strstr(error, "data_dir=") != NULL);
+	CHECK(test_exists(old, "index.sqlite"));
+	/* The same directory: nothing to do. */
+	CHECK(cache_store_move(old, old, "archive", &error) == 0);
+	CHECK(test_exists(old, "index.sqlite"));
+
+	/* Killed after the bodies moved, before the index did: finished. */
+	test_rm_rf(to);
+	if (asprintf(&moving, "%s.moving", to) < 0)
+		abort();
+	CHECK(mkdir(moving, 0700) == 0);
+	rel = test_path(old, "bodies");
+	dst = test_path(moving, "bodies");
+	CHECK(rename(rel, dst) == 0);
+	CHECK(cache_store_move(old, to, "archive", &error) == 0);
+	CHECK(access(moving, F_OK) < 0);
+	CHECK(!test_exists(old, "index.sqlite"));
+	CHECK(test_has_store(to));
+
+	free(rel);
+	free(dst);
+	free(moving);
+	free(none);
+	free(to);
+	free(old);
+}
+
 static void test_timing(void)
 {
 	enum { N = 10000 };
@@ -1436,6 +1695,9 @@ int main(void)
 	test_kv();
 	test_reset_delete();
 	test_lru();
+	test_local_folders();
+	test_damaged_bodies();
+	test_store_move();
 	test_timing();
 	test_batches();
 	test_threads();
