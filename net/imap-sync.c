@@ -132,6 +132,14 @@ static int cmp_depth(const void *a, const void *b)
 	return strcmp(x->path, y->path);
 }
 
+static bool list_has_inbox(const struct list_ctx *lc)
+{
+	for (size_t i = 0; i < lc->n; i++)
+		if (!strcasecmp(lc->e[i].server_name, "INBOX"))
+			return true;
+	return false;
+}
+
 /* Insert one folder under parent, adding " (2)" style suffixes when the
  * sanitized name collides with another folder's. */
 static int put_folder(struct istore *s, int64_t parent, const char *component,
@@ -262,8 +270,14 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 		if (existed)
 			cache_folder_clear(&before);
 	}
-	/* Sweep folders that are gone on the server. */
-	if (cache_folder_list(s->cache, &old, &nold) == 0) {
+	/* Sweep folders that are gone on the server, unless the answer
+	 * cannot be the whole list: every account has an INBOX, so a LIST
+	 * without one (an empty answer from a broken or overloaded server)
+	 * proves nothing is gone. */
+	if (!list_has_inbox(&lc)) {
+		log_warn("the folder list from %s has no INBOX; keeping the cached folders",
+			 s->url.host);
+	} else if (cache_folder_list(s->cache, &old, &nold) == 0) {
 		for (size_t i = nold; i-- > 0;) {
 			bool found = false;
 
@@ -816,8 +830,15 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		r = imap_client_wait(w->client, tags[i], imap_sync_on_meta, mc);
 		if (r < 0)
 			goto out;
-		if (r != IMAP_RESULT_OK)
-			log_warn("folder %s: %s", f.server_name, imap_client_text(w->client));
+		if (r == IMAP_RESULT_OK)
+			continue;
+		log_warn("folder %s: %s", f.server_name, imap_client_text(w->client));
+		/* Only a complete answer lists the UIDs still there: ask
+		 * UID SEARCH instead of taking the missing ones for gone. */
+		if (i == 1 && mc->collect_seen) {
+			mc->collect_seen = false;
+			mc->nseen = 0;
+		}
 	}
 	meta_flush(mc);
 	/* Expunges: EXISTS counts the old messages still there plus the new
