@@ -658,10 +658,25 @@ static bool gone_has(const struct meta_ctx *mc, uint32_t uid)
 
 static void seen_add_range(struct meta_ctx *mc, uint32_t lo, uint32_t hi)
 {
-	/* Only UIDs we asked about: a bogus huge range costs nothing. */
-	if (mc->max_seen && hi > mc->max_seen)
-		hi = mc->max_seen;
-	else if (!mc->max_seen && hi - lo >= 1000000)
+	/* Only the UIDs we asked about: a range costs what the cache
+	 * holds of it, however large (a planted UID made "1:4294967295"
+	 * plausible). */
+	if (mc->asked) {
+		size_t a = 0, b = mc->nasked;
+
+		while (a < b) {
+			size_t mid = a + (b - a) / 2;
+
+			if (mc->asked[mid] < lo)
+				a = mid + 1;
+			else
+				b = mid;
+		}
+		for (; a < mc->nasked && mc->asked[a] <= hi; a++)
+			seen_add(mc, mc->asked[a]);
+		return;
+	}
+	if (hi - lo >= 1000000)
 		return;
 	for (uint64_t u = lo; u <= hi; u++)
 		seen_add(mc, u);
@@ -859,7 +874,8 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 	}
 	if (expunged && !by_vanished && nuids > 0 && e.exists > 0 && !mc->collect_seen) {
 		mc->collect_seen = true;
-		mc->max_seen = maxuid;
+		mc->asked = uids;
+		mc->nasked = nuids;
 		r = imap_client_run(w->client, imap_sync_on_meta, mc, "UID SEARCH %sUID 1:%u",
 				    (imap_client_caps(w->client) & IMAP_CAP_ESEARCH) ?
 				    "RETURN (ALL) " : "", maxuid);

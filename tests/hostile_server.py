@@ -94,6 +94,23 @@ def parse_set(s, maxuid):
     return out
 
 
+class UidSet:
+    """An IMAP sequence set as ranges: "1:4294967295" costs nothing to hold or test."""
+
+    def __init__(self, s, maxuid):
+        self.ranges = []
+        for part in s.split(","):
+            if not part:
+                continue
+            a, _, b = part.partition(":")
+            a = maxuid if a == "*" else int(a)
+            b = a if not b else (maxuid if b == "*" else int(b))
+            self.ranges.append((min(a, b), max(a, b)))
+
+    def __contains__(self, uid):
+        return any(lo <= uid <= hi for lo, hi in self.ranges)
+
+
 def parse_astring(s):
     """(value bytes, rest) of the first astring in s (a bytes line)."""
     s = s.lstrip(b" ")
@@ -769,7 +786,7 @@ class Conn:
         maxuid = max((m.uid for m in mb.messages), default=0)
         if sub == b"FETCH":
             setstr, _, items = args.partition(b" ")
-            msgs = mb.by_uid(parse_set(setstr.decode(), maxuid)) if maxuid else []
+            msgs = mb.by_uid(UidSet(setstr.decode(), maxuid)) if maxuid else []
             items = items.upper()
             if b"BODY.PEEK[]" in items or b"BODY[]" in items:
                 self.sc.fetch_body(self, tag, mb, msgs)
@@ -779,7 +796,7 @@ class Conn:
                 self.sc.fetch_flags(self, tag, mb, msgs)
         elif sub == b"SEARCH":
             m = re.search(rb"UID ([0-9:,*]+)", args)
-            uids = parse_set(m.group(1).decode(), maxuid) if m and maxuid else (
+            uids = UidSet(m.group(1).decode(), maxuid) if m and maxuid else (
                 {x.uid for x in mb.messages} if not m else set())
             self.sc.search(self, tag, mb, uids)
         else:

@@ -964,3 +964,49 @@ def test_refused_flags_fetch_never_sweeps_the_folder(rig, status):
     assert 1 not in _body_uids(srv, n), "the cached body was dropped"
     assert_alive(m)
     rig.finish(m)
+
+
+def test_esearch_range_is_bounded_by_the_cached_uids(rig, mem_bound, report):
+    """A planted huge UID (a FETCH answer) makes the cache's top UID huge; an ESEARCH
+    ALL answer of 1:that may cost only what the cached UIDs cost, not one entry per
+    UID of the range.  (With 4026531839, the highest non-local UID, it was 16 GiB; the
+    test plants 100,000,000, which already shows as ~512 MB.)"""
+    top = 100000000
+    inbox = hsrv.inbox(3)
+    inbox.messages.append(hsrv.Message(top))
+    srv = rig.server("sync_faults", mailboxes=[inbox])
+    m = rig.mount(srv, allow=[r"flags unavailable"])
+    assert set(os.listdir(P(m, "INBOX"))) == {"%d.eml" % u for u in (1, 2, 3, top)}
+    # An expunge makes the sync ask which UIDs are left: the flags FETCH is refused, so
+    # it is UID SEARCH, answered with everything up to the planted UID.
+    srv.scenario.flags_status = b"NO"
+    srv.scenario.esearch_all = b"1:%d" % top
+    del inbox.messages[1]
+    n = len(srv.commands())
+    t0 = time.time()
+    _sync_now(m)
+    _wait_for(lambda: _cmds_after(srv, n, "UID SEARCH"), what="the UID SEARCH")
+    # A second sync of INBOX runs only once the first is finished.
+    _sync_now(m)
+    _wait_for(lambda: len(_cmds_after(srv, n, "UID SEARCH")) >= 2, timeout=60,
+              what="a second UID SEARCH (the first sync never ended)")
+    report("hostile ESEARCH 1:%d: two syncs in %.1f s" % (top, time.time() - t0))
+    # The server says all of them are still there: none goes.
+    assert set(os.listdir(P(m, "INBOX"))) == {"%d.eml" % u for u in (1, 2, 3, top)}
+    assert_alive(m)
+    assert_mem(m, mem_bound, "ESEARCH 1:%d" % top, report)
+    rig.finish(m)
+
+
+def test_absurd_internaldate_zone(rig):
+    """INTERNALDATE with a zone of -2147483648 (abs(INT_MIN) was undefined behaviour,
+    visible in an UBSan build): the message is listed, with a sane mtime."""
+    inbox = hsrv.inbox(2)
+    srv = rig.server("sync_faults", mailboxes=[inbox], zone=b"-2147483648")
+    m = rig.mount(srv)
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml"]
+    st = os.stat(P(m, "INBOX", "1.eml"))
+    # The ENVELOPE date (2 June 2025) or INTERNALDATE: either way not a wrapped time.
+    assert 0 <= st.st_mtime < 4102444800, st.st_mtime
+    assert_alive(m)
+    rig.finish(m)
