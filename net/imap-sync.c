@@ -415,6 +415,10 @@ static int64_t parse_internaldate(const char *s)
 	tm.tm_hour = hh;
 	tm.tm_min = mm;
 	tm.tm_sec = ss;
+	/* A zone is +-HHMM: anything else (-2147483648, whose abs() is
+	 * undefined) is no date at all. */
+	if (zone < -2359 || zone > 2359 || abs(zone) % 100 > 59)
+		return 0;
 	int64_t t = (int64_t)timegm(&tm);
 	int off = (abs(zone) / 100) * 3600 + (abs(zone) % 100) * 60;
 	return zone < 0 ? t + off : t - off;
