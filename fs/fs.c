@@ -239,9 +239,10 @@ char *mfs_status_text(struct mfs *m, size_t *len_r)
 		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
 	}
 	n = asprintf(&text,
-		     "state: %s\nserver: %s\npending: %u\ncache_bytes: %llu\nlast_sync: %s\nfetch_commands: %llu\n",
+		     "state: %s\nserver: %s\npending: %u\ncache_bytes: %llu\nlast_sync: %s\nfetch_commands: %llu\n"
+		     "dropped: %u\n",
 		     st.state, st.server, st.pending, (unsigned long long)cache_bytes(m->cache),
-		     when, (unsigned long long)st.fetches);
+		     when, (unsigned long long)st.fetches, st.dropped);
 	if (n < 0)
 		return NULL;
 	*len_r = (size_t)n;
