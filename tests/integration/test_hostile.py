@@ -1010,3 +1010,25 @@ def test_absurd_internaldate_zone(rig):
     assert 0 <= st.st_mtime < 4102444800, st.st_mtime
     assert_alive(m)
     rig.finish(m)
+
+
+def test_readahead_skips_a_message_over_the_budget(rig):
+    """Opening the message before a huge one must not fetch the huge one too: read-ahead
+    always added the first uncached successor whatever its size (over 256 MiB that
+    dropped the connection and downloaded it twice, every time)."""
+    big = 20 << 20    # over the 16 MiB read-ahead budget
+    inbox = hsrv.inbox(4)
+    inbox.messages[1].body = inbox.messages[1].body + b"x" * big + b"\r\n"
+    srv = rig.server("normal", mailboxes=[inbox])
+    m = rig.mount(srv)
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml", "3.eml", "4.eml"]
+    r, _ = read_file(P(m, "INBOX", "1.eml"))
+    assert r.returncode == 0 and r.stdout == inbox.messages[0].body
+    time.sleep(2)   # let any read-ahead run
+    assert 2 not in _body_uids(srv, 0), srv.commands()
+    # Opened, it is fetched, and read exactly.
+    r, _ = read_file(P(m, "INBOX", "2.eml"), timeout=60)
+    assert r.returncode == 0 and r.stdout == inbox.messages[1].body
+    assert 2 in _body_uids(srv, 0)
+    assert_alive(m)
+    rig.finish(m)
