@@ -277,6 +277,12 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 	if (!list_has_inbox(&lc)) {
 		log_warn("the folder list from %s has no INBOX; keeping the cached folders",
 			 s->url.host);
+	} else if (s->journal && journal_count(s->journal) > 0) {
+		/* Changes made offline wait (the mount's first LIST runs
+		 * before the replay): a folder made or renamed offline is
+		 * not on the server yet.  The listing after the replay
+		 * sweeps. */
+		log_debug("offline changes pending: no folder is swept yet");
 	} else if (cache_folder_list(s->cache, &old, &nold) == 0) {
 		for (size_t i = nold; i-- > 0;) {
 			bool found = false;

@@ -481,3 +481,42 @@ def test_uidvalidity_change_keeps_offline_changes(outage, server, report):
     assert len(lines) == 1 and vanished in lines[0] and "Later" in lines[0], lines
     report("offline: UIDVALIDITY change under 4 offline changes: 3 applied by Message-ID, "
            "1 reported: %s" % lines[0])
+
+
+def test_remount_online_keeps_folders_made_offline(outage, mount, tmp_path):
+    """The first LIST of a mount runs before the journal's replay: a folder made (or a
+    message copied into it) offline is not on the server yet, and must not be swept from
+    the cache with its local rows.  It shows at once, and keeps the names given."""
+    o = outage
+    go_offline(o)
+    os.mkdir(os.path.join(o.mnt, "Made Offline"))
+    src = tmp_path / "new.eml"
+    src.write_bytes(NEW_MSG)
+    subprocess.run(["cp", str(src), os.path.join(o.mnt, "Made Offline", "new one.eml")],
+                   check=True)
+    os.rename(os.path.join(o.inbox, o.names[0]), os.path.join(o.mnt, "Made Offline",
+                                                              "moved in.eml"))
+    o.mount.proc.kill()
+    o.mount.proc.wait()
+    subprocess.run(["fusermount3", "-uz", o.mnt], capture_output=True)
+    o.mount.unmounted = True
+    o.proxy.up()
+    m2 = mount(o.user, source=via(o.proxy, o.user), cache_dir=o.mount.cache_dir,
+               options=["poll=2"], allow=OFFLINE_LINES)
+    made = os.path.join(m2.path, "Made Offline")
+    # At once: the mount's own LIST did not sweep it.
+    assert os.path.isdir(made), os.listdir(m2.path)
+    assert sorted(os.listdir(made)) == ["moved in.eml", "new one.eml"]
+    assert wait_for(lambda: m2.status().get("pending") == "0", 30), m2.status()
+    srv = server_by_mid(o.acct, "Made Offline")
+    assert "<offline-new@example.org>" in srv
+    assert mid_of(o.cached[o.names[0]]) in srv
+    with open(os.path.join(m2.path, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")
+    time.sleep(3)
+    assert sorted(os.listdir(made)) == ["moved in.eml", "new one.eml"]
+    for n in ("moved in.eml", "new one.eml"):
+        p = os.path.join(made, n)
+        uid = int(os.getxattr(p, "user.mail.uid"))
+        assert uid < 0xF0000000 and read(p) == o.acct.fetch_bytes("Made Offline", uid)
+    assert not m2.unmount()  # before the fixture takes the proxy away
