@@ -273,17 +273,15 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 	/* Sweep folders that are gone on the server, unless the answer
 	 * cannot be the whole list: every account has an INBOX, so a LIST
 	 * without one (an empty answer from a broken or overloaded server)
-	 * proves nothing is gone. */
-	if (!list_has_inbox(&lc)) {
-		log_warn("the folder list from %s has no INBOX; keeping the cached folders",
-			 s->url.host);
-	} else if (s->journal && journal_count(s->journal) > 0) {
-		/* Changes made offline wait (the mount's first LIST runs
-		 * before the replay): a folder made or renamed offline is
-		 * not on the server yet.  The listing after the replay
-		 * sweeps. */
-		log_debug("offline changes pending: no folder is swept yet");
-	} else if (cache_folder_list(s->cache, &old, &nold) == 0) {
+	 * proves nothing is gone.  Nor while changes made offline wait (the
+	 * mount's first LIST runs before the replay): a folder made or
+	 * renamed offline is not on the server yet; the listing after the
+	 * replay sweeps. */
+	bool has_inbox = list_has_inbox(&lc);
+	bool sweep = has_inbox && !(s->journal && journal_count(s->journal) > 0);
+	size_t kept = 0;
+
+	if (cache_folder_list(s->cache, &old, &nold) == 0) {
 		for (size_t i = nold; i-- > 0;) {
 			bool found = false;
 
@@ -291,12 +289,21 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 				found = seen_ids[k] == old[i].id;
 			if (found)
 				continue;
+			if (!sweep) {
+				kept++;
+				continue;
+			}
 			log_debug("folder %s is gone from the server", old[i].server_name);
 			cache_folder_delete(s->cache, old[i].id);
 			imap_store_emit_entry(s, old[i].parent_id, old[i].name);
 		}
 		cache_folder_list_free(old, nold);
 	}
+	if (kept && !has_inbox)
+		log_warn("the folder list from %s has no INBOX; %zu cached folders are kept",
+			 s->url.host, kept);
+	else if (kept)
+		log_debug("offline changes wait: %zu folders not listed are kept for now", kept);
 	r = 0;
 out:
 	for (size_t i = 0; i < lc.n; i++) {
