@@ -240,11 +240,11 @@ char *mfs_status_text(struct mfs *m, size_t *len_r)
 	}
 	n = asprintf(&text,
 		     "state: %s\nserver: %s\npending: %u\ncache_bytes: %llu\narchive_bytes: %llu\n"
-		     "last_sync: %s\nfetch_commands: %llu\n",
+		     "last_sync: %s\nfetch_commands: %llu\ndropped: %u\n",
 		     st.state, st.server, st.pending, (unsigned long long)cache_bytes(m->cache),
 		     /* local-only folders (POP3's archive): not in cache_bytes */
 		     (unsigned long long)cache_local_bytes(m->cache), when,
-		     (unsigned long long)st.fetches);
+		     (unsigned long long)st.fetches, st.dropped);
 	if (n < 0)
 		return NULL;
 	*len_r = (size_t)n;

@@ -109,6 +109,7 @@ void engine_status(struct engine *e, struct store_status *st)
 	st->pending = 0;
 	st->last_sync = e->last_sync;
 	st->fetches = e->fetches;
+	st->dropped = e->dropped;
 	pthread_mutex_unlock(&e->lock);
 }
 

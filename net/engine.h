@@ -38,6 +38,7 @@ struct engine {
 	bool online;
 	int64_t last_sync;        /* unix time the last full sync started */
 	uint64_t fetches;         /* fetch commands sent (UID FETCH, RETR) */
+	unsigned dropped;         /* offline changes given up this session */
 	/* constant after engine_init(): */
 	unsigned poll_seconds;
 	char server[256];         /* the SOURCE URL, for status and logs */

@@ -120,7 +120,11 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 
 			for (in = s->inflight; in && !busy; in = in->next)
 				busy = in->folder_id == folder_id && in->uid == more[i];
-			if (busy || sizes[i] == UINT64_MAX || journal_uid_is_local(more[i]))
+			/* One message over the whole budget is fetched when it
+			 * is opened, never for nobody: over the literal limit
+			 * it would fail the batch and come again every time. */
+			if (busy || sizes[i] == UINT64_MAX || sizes[i] > READAHEAD_BYTES ||
+			    journal_uid_is_local(more[i]))
 				continue;
 			bytes += sizes[i];
 			if (bytes > READAHEAD_BYTES && n > 0 && (n > 1 || prefetch))

@@ -76,6 +76,9 @@ static enum store_error apply_remove(struct istore *s, struct op *op, struct cac
 
 	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
 		return STORE_ERR_NOTFOUND;
+	/* To find the message again after a UIDVALIDITY change. */
+	e.name = m.name;
+	e.message_id = m.message_id;
 	if ((err = record(s, &e)) == STORE_OK) {
 		cache_msg_delete(s->cache, op->folder_id, op->uid);
 		imap_store_emit_entry(s, op->folder_id, m.name);
@@ -95,11 +98,13 @@ static enum store_error apply_flags(struct istore *s, struct op *op, struct cach
 
 	if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0)
 		return STORE_ERR_NOTFOUND;
-	cache_msg_clear(&m);
+	e.name = m.name;
+	e.message_id = m.message_id;
 	if ((err = record(s, &e)) == STORE_OK) {
 		cache_msg_set_flags(s->cache, op->folder_id, op->uid, op->flags, 0);
 		imap_store_emit_message(s, op->folder_id, op->uid);
 	}
+	cache_msg_clear(&m);
 	return err;
 }
 
@@ -387,25 +392,96 @@ static void relist(struct istore *s, int64_t folder_id)
 	queue_sync(s, folder_id);
 }
 
-/* Open the entry's folder.  *ok false: the entry cannot apply any more
- * (folder gone, UIDVALIDITY changed), given up with a warning. */
+/* A change given up: one warning each, and counted in .mailfs/status. */
+static void dropped(struct istore *s)
+{
+	pthread_mutex_lock(&s->eng.lock);
+	s->eng.dropped++;
+	pthread_mutex_unlock(&s->eng.lock);
+}
+
+static const char *kind_name(const struct journal_entry *e)
+{
+	return e->kind == JOURNAL_REMOVE ? "rm" : e->kind == JOURNAL_FLAGS ? "flag change" : "mv";
+}
+
+/* The Message-ID of an entry's message: its own, else the cache row's. */
+static char *entry_message_id(struct istore *s, const struct journal_entry *e)
+{
+	struct cache_msg m;
+	char *mid = NULL;
+
+	if (e->message_id)
+		return strdup(e->message_id);
+	if (e->kind == JOURNAL_MOVE ? cache_msg_get(s->cache, e->to_folder_id, e->to_uid, &m) == 0 :
+	    cache_msg_get(s->cache, e->folder_id, e->uid, &m) == 0) {
+		mid = m.message_id ? strdup(m.message_id) : NULL;
+		cache_msg_clear(&m);
+	}
+	return mid;
+}
+
+/* The selected folder was rebuilt (UIDVALIDITY): the UID its message has
+ * now, by Message-ID, when exactly one message has it.  0 when none (or
+ * several), -1 when the connection failed. */
+static int64_t retarget(struct worker *w, const struct journal_entry *e)
+{
+	struct meta_ctx mc = { .s = w->s };
+	char *mid = entry_message_id(w->s, e), *qm;
+	int64_t uid = 0;
+	int r;
+
+	if (!mid || !*mid || !(qm = imap_quote(mid))) {
+		free(mid);
+		return 0;
+	}
+	r = imap_client_run(w->client, imap_sync_on_meta, &mc, "UID SEARCH HEADER Message-ID %s", qm);
+	free(qm);
+	free(mid);
+	if (r == IMAP_RESULT_OK && mc.nseen == 1)
+		uid = mc.seen[0];
+	free(mc.seen);
+	if (r < 0 && !imap_client_alive(w->client))
+		return -1;
+	return uid;
+}
+
+/* Open the entry's folder; *uid_r is the UID its message has there.
+ * After a UIDVALIDITY change that is the UID of the same Message-ID (SPEC:
+ * such a change "drops that folder's cached state, never pending local
+ * changes").  *ok false: the entry cannot apply any more (folder gone, or
+ * rebuilt without the message), given up with a warning. */
 static enum step open_folder(struct worker *w, const struct journal_entry *e, bool *ok,
-			     struct examine_ctx *ex)
+			     struct examine_ctx *ex, uint32_t *uid_r)
 {
 	enum store_error err = select_name(w, e->server_name, ex);
 
 	*ok = false;
+	*uid_r = e->uid;
 	if (err != STORE_OK) {
 		if (failed(w, err) == STEP_STOP)
 			return STEP_STOP;
 		log_warn("journal: %s cannot be opened on the server (%s); a change made offline "
 			 "there is dropped", e->server_name, imap_client_text(w->client));
+		dropped(w->s);
 		return STEP_DONE;
 	}
 	if (e->uidvalidity && ex->uidvalidity != e->uidvalidity) {
-		log_warn("journal: %s was rebuilt on the server (UIDVALIDITY); a change made "
-			 "offline there is dropped", e->server_name);
-		return STEP_DONE;
+		int64_t uid = retarget(w, e);
+
+		if (uid < 0)
+			return STEP_STOP;
+		if (uid == 0) {
+			log_warn("journal: %s was rebuilt on the server (UIDVALIDITY) without "
+				 "\"%s\" (no single message with its Message-ID); the %s made "
+				 "offline is dropped", e->server_name, e->name ? e->name : "?",
+				 kind_name(e));
+			dropped(w->s);
+			return STEP_DONE;
+		}
+		log_info("journal: %s was rebuilt on the server (UIDVALIDITY); UID %u is now "
+			 "UID %u by its Message-ID", e->server_name, e->uid, (uint32_t)uid);
+		*uid_r = (uint32_t)uid;
 	}
 	*ok = true;
 	return STEP_DONE;
@@ -540,21 +616,22 @@ static enum step replay_remove(struct worker *w, const struct journal_entry *e)
 {
 	struct examine_ctx ex;
 	enum store_error err;
+	uint32_t uid;
 	bool ok;
 
 	if (journal_uid_is_local(e->uid))
 		return STEP_DONE; /* its arrival never reached the server */
-	if (open_folder(w, e, &ok, &ex) == STEP_STOP)
+	if (open_folder(w, e, &ok, &ex, &uid) == STEP_STOP)
 		return STEP_STOP;
 	if (!ok)
 		return STEP_DONE;
-	err = imap_ops_expunge_one(w, e->uid);
+	err = imap_ops_expunge_one(w, uid);
 	if (err == STORE_OK)
 		return STEP_DONE;
 	if (failed(w, err) == STEP_STOP)
 		return STEP_STOP;
 	log_warn("journal: the server refused to expunge UID %u in %s (%s); it is shown again",
-		 e->uid, e->server_name, imap_client_text(w->client));
+		 uid, e->server_name, imap_client_text(w->client));
 	relist(w->s, e->folder_id);
 	return STEP_DONE;
 }
@@ -563,27 +640,28 @@ static enum step replay_flags(struct worker *w, const struct journal_entry *e)
 {
 	struct examine_ctx ex;
 	enum store_error err;
+	uint32_t uid;
 	char *clean;
 	bool ok;
 	int r;
 
 	if (journal_uid_is_local(e->uid))
 		return STEP_DONE;
-	if (open_folder(w, e, &ok, &ex) == STEP_STOP)
+	if (open_folder(w, e, &ok, &ex, &uid) == STEP_STOP)
 		return STEP_STOP;
 	if (!ok)
 		return STEP_DONE;
 	clean = imap_ops_storable_flags(e->flags);
 	if (!clean)
 		return STEP_STOP;
-	r = imap_client_run(w->client, NULL, NULL, "UID STORE %u FLAGS (%s)", e->uid, clean);
+	r = imap_client_run(w->client, NULL, NULL, "UID STORE %u FLAGS (%s)", uid, clean);
 	free(clean);
 	err = imap_ops_outcome(w, r, "store flags");
 	if (err == STORE_OK)
 		return STEP_DONE;
 	if (failed(w, err) == STEP_STOP)
 		return STEP_STOP;
-	log_warn("journal: the server refused flags for UID %u in %s (%s)", e->uid, e->server_name,
+	log_warn("journal: the server refused flags for UID %u in %s (%s)", uid, e->server_name,
 		 imap_client_text(w->client));
 	relist(w->s, e->folder_id);
 	return STEP_DONE;
@@ -654,7 +732,7 @@ static enum step replay_move(struct worker *w, const struct journal_entry *e)
 	struct cache_msg m;
 	struct examine_ctx ex;
 	enum store_error err;
-	uint32_t dst_validity = 0, newuid, hint = e->hint;
+	uint32_t dst_validity = 0, newuid, hint = e->hint, uid;
 	char *mid = NULL;
 	bool ok;
 	enum step st;
@@ -687,11 +765,11 @@ static enum step replay_move(struct worker *w, const struct journal_entry *e)
 				return STEP_STOP;
 			}
 			if (found > 0) {
-				if (open_folder(w, e, &ok, &ex) == STEP_STOP) {
+				if (open_folder(w, e, &ok, &ex, &uid) == STEP_STOP) {
 					free(mid);
 					return STEP_STOP;
 				}
-				err = ok ? imap_ops_expunge_one(w, e->uid) : STORE_OK;
+				err = ok ? imap_ops_expunge_one(w, uid) : STORE_OK;
 				if (err != STORE_OK && failed(w, err) == STEP_STOP) {
 					free(mid);
 					return STEP_STOP;
@@ -715,7 +793,7 @@ static enum step replay_move(struct worker *w, const struct journal_entry *e)
 		free(mid);
 		return STEP_STOP;
 	}
-	if (open_folder(w, e, &ok, &ex) == STEP_STOP) {
+	if (open_folder(w, e, &ok, &ex, &uid) == STEP_STOP) {
 		free(mid);
 		return STEP_STOP;
 	}
@@ -725,14 +803,14 @@ static enum step replay_move(struct worker *w, const struct journal_entry *e)
 		return STEP_DONE;
 	}
 	journal_set_attempted(s->journal, e->seq, hint);
-	err = imap_ops_move_uid(w, e->uid, e->to_server_name, &mc);
+	err = imap_ops_move_uid(w, uid, e->to_server_name, &mc);
 	if (err != STORE_OK) {
 		if (failed(w, err) == STEP_STOP) {
 			free(mid);
 			return STEP_STOP;
 		}
 		log_warn("journal: the server refused to move UID %u from %s to %s (%s); it stays "
-			 "in %s", e->uid, e->server_name, e->to_server_name,
+			 "in %s", uid, e->server_name, e->to_server_name,
 			 imap_client_text(w->client), e->server_name);
 		move_back(s, e);
 		free(mid);

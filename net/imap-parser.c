@@ -1056,6 +1056,24 @@ void imap_parser_free(struct imap_parser **parser)
 	*parser = NULL;
 }
 
+/* The capacity for need bytes.  A literal being received has a known end:
+ * room for all of it and a little of the line after, once.  Otherwise
+ * twice need, or a quarter more once that is large: doubling made a
+ * 256 MiB literal cost 512 MiB. */
+static size_t imap_parser_grow_size(const struct imap_parser *parser, size_t need,
+				    size_t shift)
+{
+	const size_t slack = 64 * 1024;
+
+	if (parser->in_literal && parser->lit_end - shift > need)
+		need = parser->lit_end - shift;
+	if (parser->in_literal)
+		return need > SIZE_MAX - slack ? need : need + slack;
+	if (need <= IMAP_PARSER_KEEP_BUFFER)
+		return need * 2;
+	return need > SIZE_MAX - need / 4 ? need : need + need / 4;
+}
+
 /* Makes room for add more bytes.  The unread bytes [rstart, len) move to
  * the front, in place when that frees at least half the buffer (so each
  * byte moves O(1) times on average), else into a bigger buffer.  While the
@@ -1074,7 +1092,7 @@ static int imap_parser_make_room(struct imap_parser *parser, size_t add)
 	if (!pinned && need <= parser->cap && live <= parser->cap / 2) {
 		memmove(parser->buf, parser->buf + shift, live);
 	} else {
-		cap = need > SIZE_MAX / 2 ? need : need * 2;
+		cap = imap_parser_grow_size(parser, need, shift);
 		if (cap < IMAP_PARSER_MIN_BUFFER)
 			cap = IMAP_PARSER_MIN_BUFFER;
 		if (!pinned && shift == 0) {
@@ -1174,6 +1192,11 @@ failed:
 size_t imap_parser_pending(const struct imap_parser *parser)
 {
 	return parser->len - parser->rstart;
+}
+
+size_t imap_parser_buffer_size(const struct imap_parser *parser)
+{
+	return parser->cap;
 }
 
 size_t imap_parser_literal_remaining(const struct imap_parser *parser)

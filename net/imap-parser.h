@@ -125,6 +125,9 @@ size_t imap_parser_pending(const struct imap_parser *parser);
  * reads. */
 size_t imap_parser_literal_remaining(const struct imap_parser *parser);
 
+/* Bytes allocated for buffered input now (memory accounting, tests). */
+size_t imap_parser_buffer_size(const struct imap_parser *parser);
+
 /* Helpers over parsed arguments. */
 
 /* ATOM equal to s, ASCII case-insensitively. */

@@ -166,7 +166,8 @@ struct meta_ctx {
 	bool only_flags;
 	uint32_t *seen;    /* UIDs present (UID SEARCH) */
 	size_t nseen, capseen;
-	uint32_t max_seen; /* a UID set answer never lists more than this */
+	const uint32_t *asked; /* sorted: a UID set answer counts only these */
+	size_t nasked;
 	struct uid_range *gone; /* VANISHED: expunged UIDs, as ranges */
 	size_t ngone, capgone;
 	size_t added;

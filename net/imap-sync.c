@@ -132,6 +132,14 @@ static int cmp_depth(const void *a, const void *b)
 	return strcmp(x->path, y->path);
 }
 
+static bool list_has_inbox(const struct list_ctx *lc)
+{
+	for (size_t i = 0; i < lc->n; i++)
+		if (!strcasecmp(lc->e[i].server_name, "INBOX"))
+			return true;
+	return false;
+}
+
 /* Insert one folder under parent, adding " (2)" style suffixes when the
  * sanitized name collides with another folder's. */
 static int put_folder(struct istore *s, int64_t parent, const char *component,
@@ -262,7 +270,17 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 		if (existed)
 			cache_folder_clear(&before);
 	}
-	/* Sweep folders that are gone on the server. */
+	/* Sweep folders that are gone on the server, unless the answer
+	 * cannot be the whole list: every account has an INBOX, so a LIST
+	 * without one (an empty answer from a broken or overloaded server)
+	 * proves nothing is gone.  Nor while changes made offline wait (the
+	 * mount's first LIST runs before the replay): a folder made or
+	 * renamed offline is not on the server yet; the listing after the
+	 * replay sweeps. */
+	bool has_inbox = list_has_inbox(&lc);
+	bool sweep = has_inbox && !(s->journal && journal_count(s->journal) > 0);
+	size_t kept = 0;
+
 	if (cache_folder_list(s->cache, &old, &nold) == 0) {
 		for (size_t i = nold; i-- > 0;) {
 			bool found = false;
@@ -271,12 +289,21 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 				found = seen_ids[k] == old[i].id;
 			if (found)
 				continue;
+			if (!sweep) {
+				kept++;
+				continue;
+			}
 			log_debug("folder %s is gone from the server", old[i].server_name);
 			cache_folder_delete(s->cache, old[i].id);
 			imap_store_emit_entry(s, old[i].parent_id, old[i].name);
 		}
 		cache_folder_list_free(old, nold);
 	}
+	if (kept && !has_inbox)
+		log_warn("the folder list from %s has no INBOX; %zu cached folders are kept",
+			 s->url.host, kept);
+	else if (kept)
+		log_debug("offline changes wait: %zu folders not listed are kept for now", kept);
 	r = 0;
 out:
 	for (size_t i = 0; i < lc.n; i++) {
@@ -401,6 +428,10 @@ static int64_t parse_internaldate(const char *s)
 	tm.tm_hour = hh;
 	tm.tm_min = mm;
 	tm.tm_sec = ss;
+	/* A zone is +-HHMM: anything else (-2147483648, whose abs() is
+	 * undefined) is no date at all. */
+	if (zone < -2359 || zone > 2359 || abs(zone) % 100 > 59)
+		return 0;
 	int64_t t = (int64_t)timegm(&tm);
 	int off = (abs(zone) / 100) * 3600 + (abs(zone) % 100) * 60;
 	return zone < 0 ? t + off : t - off;
@@ -644,10 +675,25 @@ static bool gone_has(const struct meta_ctx *mc, uint32_t uid)
 
 static void seen_add_range(struct meta_ctx *mc, uint32_t lo, uint32_t hi)
 {
-	/* Only UIDs we asked about: a bogus huge range costs nothing. */
-	if (mc->max_seen && hi > mc->max_seen)
-		hi = mc->max_seen;
-	else if (!mc->max_seen && hi - lo >= 1000000)
+	/* Only the UIDs we asked about: a range costs what the cache
+	 * holds of it, however large (a planted UID made "1:4294967295"
+	 * plausible). */
+	if (mc->asked) {
+		size_t a = 0, b = mc->nasked;
+
+		while (a < b) {
+			size_t mid = a + (b - a) / 2;
+
+			if (mc->asked[mid] < lo)
+				a = mid + 1;
+			else
+				b = mid;
+		}
+		for (; a < mc->nasked && mc->asked[a] <= hi; a++)
+			seen_add(mc, mc->asked[a]);
+		return;
+	}
+	if (hi - lo >= 1000000)
 		return;
 	for (uint64_t u = lo; u <= hi; u++)
 		seen_add(mc, u);
@@ -816,8 +862,15 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 		r = imap_client_wait(w->client, tags[i], imap_sync_on_meta, mc);
 		if (r < 0)
 			goto out;
-		if (r != IMAP_RESULT_OK)
-			log_warn("folder %s: %s", f.server_name, imap_client_text(w->client));
+		if (r == IMAP_RESULT_OK)
+			continue;
+		log_warn("folder %s: %s", f.server_name, imap_client_text(w->client));
+		/* Only a complete answer lists the UIDs still there: ask
+		 * UID SEARCH instead of taking the missing ones for gone. */
+		if (i == 1 && mc->collect_seen) {
+			mc->collect_seen = false;
+			mc->nseen = 0;
+		}
 	}
 	meta_flush(mc);
 	/* Expunges: EXISTS counts the old messages still there plus the new
@@ -838,7 +891,8 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 	}
 	if (expunged && !by_vanished && nuids > 0 && e.exists > 0 && !mc->collect_seen) {
 		mc->collect_seen = true;
-		mc->max_seen = maxuid;
+		mc->asked = uids;
+		mc->nasked = nuids;
 		r = imap_client_run(w->client, imap_sync_on_meta, mc, "UID SEARCH %sUID 1:%u",
 				    (imap_client_caps(w->client) & IMAP_CAP_ESEARCH) ?
 				    "RETURN (ALL) " : "", maxuid);

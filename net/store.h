@@ -63,6 +63,7 @@ struct store_status {
 	unsigned pending;    /* changes not yet on the server */
 	int64_t last_sync;   /* unix time of the last complete sync, 0 never */
 	uint64_t fetches;    /* UID FETCH / RETR commands sent this session */
+	unsigned dropped;    /* offline changes given up this session (each logged) */
 };
 
 struct store;

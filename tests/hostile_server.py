@@ -94,6 +94,23 @@ def parse_set(s, maxuid):
     return out
 
 
+class UidSet:
+    """An IMAP sequence set as ranges: "1:4294967295" costs nothing to hold or test."""
+
+    def __init__(self, s, maxuid):
+        self.ranges = []
+        for part in s.split(","):
+            if not part:
+                continue
+            a, _, b = part.partition(":")
+            a = maxuid if a == "*" else int(a)
+            b = a if not b else (maxuid if b == "*" else int(b))
+            self.ranges.append((min(a, b), max(a, b)))
+
+    def __contains__(self, uid):
+        return any(lo <= uid <= hi for lo, hi in self.ranges)
+
+
 def parse_astring(s):
     """(value bytes, rest) of the first astring in s (a bytes line)."""
     s = s.lstrip(b" ")
@@ -543,6 +560,52 @@ class DeepNesting(Scenario):
         super().list(c, tag)
 
 
+@scenario
+class SyncFaults(Scenario):
+    """A well-behaved server that turns faulty on demand (set the attributes while
+    mounted), for what the sync may conclude from an answer:
+    empty_list -- LIST answers OK with no mailbox at all;
+    flags_status (b"NO" or b"BAD") -- a flags-only `UID FETCH n:m (UID FLAGS)` is refused;
+    esearch_all (bytes) -- UID SEARCH is answered `* ESEARCH (TAG ..) UID ALL <that set>`
+    (ESEARCH is advertised; otherwise the true UIDs, as an ESEARCH set);
+    zone (bytes) -- every INTERNALDATE carries this zone instead of +0000."""
+    name = "sync_faults"
+    caps = CAPS + " ESEARCH"
+    empty_list = False
+    flags_status = None
+    esearch_all = None
+    zone = None
+
+    def list(self, c, tag):
+        if self.empty_list:
+            c.send(tag + b" OK LIST completed\r\n")
+            return
+        super().list(c, tag)
+
+    def fetch_meta(self, c, tag, mb, msgs):
+        if self.zone is None:
+            return super().fetch_meta(c, tag, mb, msgs)
+        for seq, m in msgs:
+            idate = internaldate(m.internal)[:-5] + self.zone
+            c.send(b"* %d FETCH (UID %d FLAGS (%s) INTERNALDATE \"%s\" RFC822.SIZE %d "
+                   b"ENVELOPE %s)\r\n" % (seq, m.uid, b" ".join(to_bytes(f) for f in m.flags),
+                                          idate, len(m.body), m.envelope()))
+        c.send(tag + b" OK UID FETCH completed\r\n")
+
+    def fetch_flags(self, c, tag, mb, msgs):
+        if self.flags_status:
+            c.send(b"%s %s [SERVERBUG] flags unavailable\r\n" % (tag, self.flags_status))
+            return
+        super().fetch_flags(c, tag, mb, msgs)
+
+    def search(self, c, tag, mb, uids):
+        have = sorted(m.uid for m in mb.messages if m.uid in uids)
+        s = self.esearch_all if self.esearch_all is not None else \
+            b",".join(b"%d" % u for u in have)
+        c.send(b'* ESEARCH (TAG "%s") UID%s\r\n%s OK UID SEARCH completed\r\n' % (
+            tag, b" ALL " + s if s else b"", tag))
+
+
 # --------------------------------------------------------------------------
 # connections
 
@@ -723,7 +786,7 @@ class Conn:
         maxuid = max((m.uid for m in mb.messages), default=0)
         if sub == b"FETCH":
             setstr, _, items = args.partition(b" ")
-            msgs = mb.by_uid(parse_set(setstr.decode(), maxuid)) if maxuid else []
+            msgs = mb.by_uid(UidSet(setstr.decode(), maxuid)) if maxuid else []
             items = items.upper()
             if b"BODY.PEEK[]" in items or b"BODY[]" in items:
                 self.sc.fetch_body(self, tag, mb, msgs)
@@ -733,7 +796,7 @@ class Conn:
                 self.sc.fetch_flags(self, tag, mb, msgs)
         elif sub == b"SEARCH":
             m = re.search(rb"UID ([0-9:,*]+)", args)
-            uids = parse_set(m.group(1).decode(), maxuid) if m and maxuid else (
+            uids = UidSet(m.group(1).decode(), maxuid) if m and maxuid else (
                 {x.uid for x in mb.messages} if not m else set())
             self.sc.search(self, tag, mb, uids)
         else:

@@ -857,3 +857,178 @@ def test_list_refused_at_mount(rig, status):
     srv = rig.server("list_refused", status=status)
     a = rig.attempt(srv)
     one_line_failure(a, r"Internal error listing mailboxes")
+
+
+# --------------------------------------------------------------------------
+# extra: what the sync may conclude from an answer (AUDIT A9, C4)
+
+def _cmds_after(srv, n, word):
+    return [c for _, c in srv.commands()[n:] if word in c]
+
+
+def _body_uids(srv, n):
+    """UIDs named in the body fetches received after the first n commands."""
+    out = set()
+    for c in _cmds_after(srv, n, "BODY.PEEK[]"):
+        out |= hsrv.parse_set(c.split()[3], 1 << 32)
+    return out
+
+
+def _wait_for(pred, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def _sync_now(m):
+    with open(P(m, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")
+
+
+def _after_full_sync(srv, m):
+    """Ask for a sync and wait until its LIST was sent, and a while after."""
+    n = len(srv.commands())
+    _sync_now(m)
+    _wait_for(lambda: _cmds_after(srv, n, " LIST "), what="a LIST")
+    time.sleep(3)
+
+
+def test_empty_list_never_sweeps_the_cache(rig):
+    """A LIST that answers OK with no mailbox (a broken or overloaded server) must not
+    take the cached folders and bodies with it: not at a sync, not at the next mount."""
+    inbox = hsrv.inbox(3)
+    srv = rig.server("sync_faults", mailboxes=[inbox, hsrv.Mailbox("Archive",
+                                                                   [hsrv.Message(1)])])
+    m = rig.mount(srv, allow=[r"has no INBOX"])
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml", "3.eml"]
+    r, _ = read_file(P(m, "INBOX", "1.eml"))
+    assert r.returncode == 0 and r.stdout == inbox.messages[0].body
+    assert "Archive" in os.listdir(m.path)
+    srv.scenario.empty_list = True
+    _after_full_sync(srv, m)
+    assert {"INBOX", "Archive"} <= set(os.listdir(m.path)), os.listdir(m.path)
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml", "3.eml"]
+    assert_alive(m)
+    cache_dir = m.cache_dir
+    rig.finish(m)
+    # The next mount lists first: the same empty answer.
+    n = len(srv.commands())
+    m = rig.mounter.mount(HUser(srv), srv=srv, names="uid", foreground=True,
+                          cache_dir=cache_dir, allow=[r"has no INBOX"])
+    assert {"INBOX", "Archive"} <= set(os.listdir(m.path)), os.listdir(m.path)
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml", "3.eml"]
+    r, _ = read_file(P(m, "INBOX", "1.eml"))
+    assert r.returncode == 0 and r.stdout == inbox.messages[0].body
+    assert 1 not in _body_uids(srv, n), "the cached body was dropped"
+    assert_alive(m)
+    rig.finish(m)
+
+
+@pytest.mark.parametrize("status", [b"NO", b"BAD"])
+def test_refused_flags_fetch_never_sweeps_the_folder(rig, status):
+    """New mail arrives (EXISTS grew) and the flags FETCH that would list the UIDs still
+    there is refused: no cached message may go, and the cached body stays."""
+    inbox = hsrv.inbox(3)
+    srv = rig.server("sync_faults", mailboxes=[inbox])
+    m = rig.mount(srv, allow=[r"flags unavailable"])
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml", "3.eml"]
+    r, _ = read_file(P(m, "INBOX", "1.eml"))
+    assert r.returncode == 0 and r.stdout == inbox.messages[0].body
+    srv.scenario.flags_status = status
+    inbox.messages.append(hsrv.Message(4))
+    n = len(srv.commands())
+    _sync_now(m)
+    _wait_for(lambda: "4.eml" in os.listdir(P(m, "INBOX")), what="the new message")
+    _wait_for(lambda: _cmds_after(srv, n, "(UID FLAGS)"), what="the flags FETCH")
+    time.sleep(2)
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml", "3.eml", "4.eml"]
+    r, _ = read_file(P(m, "INBOX", "1.eml"))
+    assert r.returncode == 0 and r.stdout == inbox.messages[0].body
+    assert 1 not in _body_uids(srv, n), "the cached body was dropped"
+    # One message expunged, one new, the flags FETCH still refused: only the expunged one
+    # goes (the UID SEARCH the refusal falls back to names the others), bodies stay.
+    del inbox.messages[1]
+    inbox.messages.append(hsrv.Message(5))
+    n = len(srv.commands())
+    _sync_now(m)
+    _wait_for(lambda: "5.eml" in os.listdir(P(m, "INBOX")), what="the second new message")
+    _wait_for(lambda: "2.eml" not in os.listdir(P(m, "INBOX")), what="the expunge")
+    time.sleep(2)
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "3.eml", "4.eml", "5.eml"]
+    r, _ = read_file(P(m, "INBOX", "1.eml"))
+    assert r.returncode == 0 and r.stdout == inbox.messages[0].body
+    assert 1 not in _body_uids(srv, n), "the cached body was dropped"
+    assert_alive(m)
+    rig.finish(m)
+
+
+def test_esearch_range_is_bounded_by_the_cached_uids(rig, mem_bound, report):
+    """A planted huge UID (a FETCH answer) makes the cache's top UID huge; an ESEARCH
+    ALL answer of 1:that may cost only what the cached UIDs cost, not one entry per
+    UID of the range.  (With 4026531839, the highest non-local UID, it was 16 GiB; the
+    test plants 100,000,000, which already shows as ~512 MB.)"""
+    top = 100000000
+    inbox = hsrv.inbox(3)
+    inbox.messages.append(hsrv.Message(top))
+    srv = rig.server("sync_faults", mailboxes=[inbox])
+    m = rig.mount(srv, allow=[r"flags unavailable"])
+    assert set(os.listdir(P(m, "INBOX"))) == {"%d.eml" % u for u in (1, 2, 3, top)}
+    # An expunge makes the sync ask which UIDs are left: the flags FETCH is refused, so
+    # it is UID SEARCH, answered with everything up to the planted UID.
+    srv.scenario.flags_status = b"NO"
+    srv.scenario.esearch_all = b"1:%d" % top
+    del inbox.messages[1]
+    n = len(srv.commands())
+    t0 = time.time()
+    _sync_now(m)
+    _wait_for(lambda: _cmds_after(srv, n, "UID SEARCH"), what="the UID SEARCH")
+    # A second sync of INBOX runs only once the first is finished.
+    _sync_now(m)
+    _wait_for(lambda: len(_cmds_after(srv, n, "UID SEARCH")) >= 2, timeout=60,
+              what="a second UID SEARCH (the first sync never ended)")
+    report("hostile ESEARCH 1:%d: two syncs in %.1f s" % (top, time.time() - t0))
+    # The server says all of them are still there: none goes.
+    assert set(os.listdir(P(m, "INBOX"))) == {"%d.eml" % u for u in (1, 2, 3, top)}
+    assert_alive(m)
+    assert_mem(m, mem_bound, "ESEARCH 1:%d" % top, report)
+    rig.finish(m)
+
+
+def test_absurd_internaldate_zone(rig):
+    """INTERNALDATE with a zone of -2147483648 (abs(INT_MIN) was undefined behaviour,
+    visible in an UBSan build): the message is listed, with a sane mtime."""
+    inbox = hsrv.inbox(2)
+    srv = rig.server("sync_faults", mailboxes=[inbox], zone=b"-2147483648")
+    m = rig.mount(srv)
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml"]
+    st = os.stat(P(m, "INBOX", "1.eml"))
+    # The ENVELOPE date (2 June 2025) or INTERNALDATE: either way not a wrapped time.
+    assert 0 <= st.st_mtime < 4102444800, st.st_mtime
+    assert_alive(m)
+    rig.finish(m)
+
+
+def test_readahead_skips_a_message_over_the_budget(rig):
+    """Opening the message before a huge one must not fetch the huge one too: read-ahead
+    always added the first uncached successor whatever its size (over 256 MiB that
+    dropped the connection and downloaded it twice, every time)."""
+    big = 20 << 20    # over the 16 MiB read-ahead budget
+    inbox = hsrv.inbox(4)
+    inbox.messages[1].body = inbox.messages[1].body + b"x" * big + b"\r\n"
+    srv = rig.server("normal", mailboxes=[inbox])
+    m = rig.mount(srv)
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml", "3.eml", "4.eml"]
+    r, _ = read_file(P(m, "INBOX", "1.eml"))
+    assert r.returncode == 0 and r.stdout == inbox.messages[0].body
+    time.sleep(2)   # let any read-ahead run
+    assert 2 not in _body_uids(srv, 0), srv.commands()
+    # Opened, it is fetched, and read exactly.
+    r, _ = read_file(P(m, "INBOX", "2.eml"), timeout=60)
+    assert r.returncode == 0 and r.stdout == inbox.messages[1].body
+    assert 2 in _body_uids(srv, 0)
+    assert_alive(m)
+    rig.finish(m)

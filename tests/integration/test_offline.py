@@ -420,3 +420,103 @@ def test_delete_trash_offline_mount(make_user, mount, server, tmp_path):
         assert not m2.unmount()
     finally:
         proxy.stop()
+
+
+def test_uidvalidity_change_keeps_offline_changes(outage, server, report):
+    """SPEC: "A UIDVALIDITY change drops that folder's cached state, never pending local
+    changes."  Offline: rm, setfattr and mv of messages of Later, and setfattr of one more;
+    meanwhile Later is rebuilt on the server (new UIDVALIDITY, every UID different) with
+    the same messages but that last one.  Back online: the three changes reach the same
+    messages, found by Message-ID; the change whose message is gone is reported (a warning
+    naming it, `dropped: 1` in .mailfs/status), never silently undone."""
+    o = outage
+    names = sorted(os.listdir(o.later))
+    mids = {}
+    for n in names:
+        v = os.getxattr(os.path.join(o.later, n), "user.mail.message_id").decode().strip()
+        mids[n] = v if v.startswith("<") else "<%s>" % v
+    bodies = {mid_of(b): b for b in o.acct.fetch_all("Later").values()}
+    assert sorted(bodies) == sorted(mids.values())
+    gone, flagged, moved, vanished = names[:4]
+    o.mount.allow.append(re.compile(r"journal: .*Later.*UIDVALIDITY.*%s" % re.escape(vanished)))
+    o.mount.allow.append(re.compile(r"journal: .*Later.*UIDVALIDITY"))
+    go_offline(o)
+    os.unlink(os.path.join(o.later, gone))
+    os.setxattr(os.path.join(o.later, flagged), "user.mail.flags", b"\\Seen \\Flagged")
+    os.rename(os.path.join(o.later, moved), os.path.join(o.inbox, "moved here.eml"))
+    os.setxattr(os.path.join(o.later, vanished), "user.mail.flags", b"\\Flagged")
+    assert o.mount.status()["pending"] == "4", o.mount.status()
+
+    # Rebuilt aside and renamed into place (see test_sync's UIDVALIDITY test): a filler
+    # first and the rest in reverse order, so no message keeps its UID.
+    # Our own session must not have Later open: STATUS would answer from its stale view.
+    o.acct.c.select("INBOX", readonly=True)
+    old_uv = o.acct.status("Later")["UIDVALIDITY"]
+    o.acct.create("LaterNext")
+    o.acct.append("LaterNext", _msg(99, "Filler"))
+    for n in reversed(names):
+        if n != vanished:
+            o.acct.append("LaterNext", bodies[mids[n]])
+    # (Created in the same second, it could get the same UIDVALIDITY: set one.)
+    server.doveadm("mailbox", "update", "-u", o.user.name, "--uid-validity", old_uv + 1000,
+                   "LaterNext")
+    server.doveadm("mailbox", "delete", "-u", o.user.name, "Later")
+    typ, data = o.acct.c.rename("LaterNext", "Later")
+    assert typ == "OK", data
+    assert o.acct.status("Later")["UIDVALIDITY"] == old_uv + 1000
+
+    come_back(o)
+    later = server_by_mid(o.acct, "Later")
+    inbox = server_by_mid(o.acct, "INBOX")
+    assert mids[gone] not in later, "the rm was undone"
+    assert mids[moved] in inbox and mids[moved] not in later, "the mv was undone"
+    assert "\\Flagged" in o.acct.flags("Later", later[mids[flagged]][0]), "the flags were undone"
+    for n in names[4:]:
+        assert mids[n] in later
+        assert "\\Flagged" not in o.acct.flags("Later", later[mids[n]][0]), n
+    assert "<Filler.99@example.org>" in later
+    st = wait_for(lambda: o.mount.status().get("dropped") == "1" and o.mount.status(), 10)
+    assert st, o.mount.status()
+    lines = [ln for ln in o.mount.log().splitlines() if "journal:" in ln and "dropped" in ln]
+    assert len(lines) == 1 and vanished in lines[0] and "Later" in lines[0], lines
+    report("offline: UIDVALIDITY change under 4 offline changes: 3 applied by Message-ID, "
+           "1 reported: %s" % lines[0])
+
+
+def test_remount_online_keeps_folders_made_offline(outage, mount, tmp_path):
+    """The first LIST of a mount runs before the journal's replay: a folder made (or a
+    message copied into it) offline is not on the server yet, and must not be swept from
+    the cache with its local rows.  It shows at once, and keeps the names given."""
+    o = outage
+    go_offline(o)
+    os.mkdir(os.path.join(o.mnt, "Made Offline"))
+    src = tmp_path / "new.eml"
+    src.write_bytes(NEW_MSG)
+    subprocess.run(["cp", str(src), os.path.join(o.mnt, "Made Offline", "new one.eml")],
+                   check=True)
+    os.rename(os.path.join(o.inbox, o.names[0]), os.path.join(o.mnt, "Made Offline",
+                                                              "moved in.eml"))
+    o.mount.proc.kill()
+    o.mount.proc.wait()
+    subprocess.run(["fusermount3", "-uz", o.mnt], capture_output=True)
+    o.mount.unmounted = True
+    o.proxy.up()
+    m2 = mount(o.user, source=via(o.proxy, o.user), cache_dir=o.mount.cache_dir,
+               options=["poll=2"], allow=OFFLINE_LINES)
+    made = os.path.join(m2.path, "Made Offline")
+    # At once: the mount's own LIST did not sweep it.
+    assert os.path.isdir(made), os.listdir(m2.path)
+    assert sorted(os.listdir(made)) == ["moved in.eml", "new one.eml"]
+    assert wait_for(lambda: m2.status().get("pending") == "0", 30), m2.status()
+    srv = server_by_mid(o.acct, "Made Offline")
+    assert "<offline-new@example.org>" in srv
+    assert mid_of(o.cached[o.names[0]]) in srv
+    with open(os.path.join(m2.path, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")
+    time.sleep(3)
+    assert sorted(os.listdir(made)) == ["moved in.eml", "new one.eml"]
+    for n in ("moved in.eml", "new one.eml"):
+        p = os.path.join(made, n)
+        uid = int(os.getxattr(p, "user.mail.uid"))
+        assert uid < 0xF0000000 and read(p) == o.acct.fetch_bytes("Made Offline", uid)
+    assert not m2.unmount()  # before the fixture takes the proxy away

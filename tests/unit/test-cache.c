@@ -1679,6 +1679,52 @@ static void test_threads(void)
 	free(dir);
 }
 
+static int test_cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* 5,000 messages with one base (same minute, sender and subject): each
+ * name costs O(log n) lookups, not one per taken suffix (AUDIT C4:
+ * quadratic, with the cache lock held), and all names differ. */
+static void test_many_collisions(void)
+{
+	enum { N = 5000 };
+	char *dir = test_dir("collisions");
+	struct cache *cache = test_open(dir, 1 << 20);
+	int64_t folder = test_folder(cache, "INBOX");
+	char **names = calloc(N, sizeof(*names));
+	clock_t start = clock();
+	bool ok = true;
+
+	CHECK(names != NULL);
+	if (names == NULL)
+		return;
+	for (uint32_t i = 0; i < N; i++) {
+		if (i % 500 == 0)
+			cache_begin(cache);
+		ok &= test_put(cache, folder, i + 1, NULL, "2025-06-02 1000 Same - Same", 10,
+			       &names[i]) == 0 && names[i] != NULL;
+		if (i % 500 == 499 || i == N - 1)
+			cache_commit(cache);
+	}
+	double secs = (double)(clock() - start) / CLOCKS_PER_SEC;
+	CHECK(ok);
+	printf("collisions: %d names with one base in %.2f s of CPU\n", N, secs);
+	CHECK(secs < 3.0);
+	if (ok) {
+		qsort(names, N, sizeof(*names), test_cmp_str);
+		for (size_t i = 1; i < N; i++)
+			ok &= strcmp(names[i - 1], names[i]) != 0;
+		CHECK(ok);
+	}
+	for (size_t i = 0; i < N; i++)
+		free(names[i]);
+	free(names);
+	cache_close(&cache);
+	free(dir);
+}
+
 int main(void)
 {
 	if (mkdtemp(test_root) == NULL) {
@@ -1701,6 +1747,7 @@ int main(void)
 	test_timing();
 	test_batches();
 	test_threads();
+	test_many_collisions();
 	test_rm_rf(test_root);
 	return check_exit();
 }

@@ -940,6 +940,46 @@ static void test_linear(void)
 	CHECK((double)(clock() - start) / CLOCKS_PER_SEC < 20.0);
 }
 
+/* A big literal arriving in 64 KiB reads: the buffer grows to the
+ * literal's size plus a little, never to twice it (AUDIT C4: a 256 MiB
+ * literal cost 512 MiB of buffer). */
+static void test_literal_buffer_growth(void)
+{
+	const size_t size = 64u << 20, chunk = 64u << 10;
+	struct imap_parser_limits limits = { .max_literal = size };
+	struct imap_parser *parser = imap_parser_new(&limits);
+	const struct imap_response *resp;
+	const char *error;
+	char head[64], *data = malloc(chunk);
+	size_t peak = 0;
+	bool ok = true;
+	int n;
+
+	CHECK(parser && data);
+	if (!parser || !data)
+		return;
+	memset(data, 'x', chunk);
+	n = snprintf(head, sizeof(head), "* 1 FETCH (UID 1 BODY[] {%zu}\r\n", size);
+	CHECK(imap_parser_feed(parser, head, (size_t)n) == 0);
+	for (size_t done = 0; done < size; done += chunk) {
+		ok &= imap_parser_feed(parser, data, chunk) == 0 &&
+		      imap_parser_next(parser, &resp, &error) == 0;
+		if (imap_parser_buffer_size(parser) > peak)
+			peak = imap_parser_buffer_size(parser);
+	}
+	CHECK(ok);
+	CHECK(imap_parser_feed(parser, ")\r\n", 3) == 0);
+	CHECK(imap_parser_next(parser, &resp, &error) == 1);
+	CHECK(resp->args_count == 3 && resp->args[2].v.items[3].len == size);
+	if (imap_parser_buffer_size(parser) > peak)
+		peak = imap_parser_buffer_size(parser);
+	CHECK(peak >= size && peak <= size + size / 8);
+	if (peak > size + size / 8)
+		fprintf(stderr, "literal of %zu bytes: buffer peak %zu bytes\n", size, peak);
+	free(data);
+	imap_parser_free(&parser);
+}
+
 int main(void)
 {
 	test_status();
@@ -953,5 +993,6 @@ int main(void)
 	test_pending_and_remaining();
 	test_response_survives_feed();
 	test_linear();
+	test_literal_buffer_growth();
 	return check_exit();
 }
