@@ -812,10 +812,8 @@ void mfs_drain(struct mfs *m)
 		log_error("unmounting with temporary files not yet stored on the server");
 }
 
-void mfs_destroy(struct mfs **mp)
+void mfs_stop(struct mfs *m)
 {
-	struct mfs *m = *mp;
-
 	if (!m)
 		return;
 	pthread_mutex_lock(&m->lock);
@@ -824,6 +822,16 @@ void mfs_destroy(struct mfs **mp)
 	pthread_mutex_unlock(&m->lock);
 	if (m->notifier_running)
 		pthread_join(m->notifier, NULL);
+	m->notifier_running = false;
+}
+
+void mfs_destroy(struct mfs **mp)
+{
+	struct mfs *m = *mp;
+
+	if (!m)
+		return;
+	mfs_stop(m);
 	while (m->notes) {
 		struct note *n = m->notes;
 

@@ -35,7 +35,10 @@ int mfs_start(struct mfs *mfs, struct fuse_session *se);
 /* At unmount, while the store still runs: store the temporary files
  * still waiting for a rename (see fs.c), waiting up to 30 s. */
 void mfs_drain(struct mfs *mfs);
-/* Stop the notifier (the store is stopped by its owner); frees. */
+/* Stop and join the notifier: before the FUSE session is freed, since it
+ * notifies through it.  Idempotent; the store is stopped by its owner. */
+void mfs_stop(struct mfs *mfs);
+/* mfs_stop, then free. */
 void mfs_destroy(struct mfs **mfs);
 
 #endif
