@@ -6,6 +6,7 @@ reaches the server or the journal.  The daemon's own state while it runs (no cor
 dumps: it holds the password) is checked here too.
 """
 import os
+import re
 import subprocess
 import time
 
@@ -88,3 +89,71 @@ def test_second_mount_while_mounted_fails_at_once(user, mount, try_mount):
     assert r.seconds < 5, r
     # ...also through another mount point of the same account.
     assert os.listdir(os.path.join(m.path, "INBOX")) == []
+
+
+# ---- 2. A4 and B3: an unmount on a dead link loses nothing and does not wait ----
+
+def mid_of(raw):
+    m = re.search(rb"(?im)^Message-ID:\s*(<[^>]+>)", raw)
+    return m.group(1).decode() if m else None
+
+
+def server_mids(acct, folder):
+    return sorted(mid_of(b) for b in acct.fetch_all(folder).values())
+
+
+def unmount_timed(m, timeout=120):
+    """fusermount3 -u, then the seconds until the daemon has exited."""
+    t0 = time.time()
+    unmount_now(m.path)
+    probs = finished(m, timeout)
+    return time.time() - t0, probs
+
+
+@pytest.fixture
+def stalled(make_user, mount, server):
+    """A mount through a proxy (one connection) whose link then goes dead."""
+    u = make_user("stall")
+    u.append_many("INBOX", [_msg(i, "old") for i in range(3)])
+    proxy = FaultProxy(("127.0.0.1", server.ports["imaps"])).start()
+    m = mount(u, source=via(proxy, u), options=["poll=2", "connections=1"],
+              allow=OFFLINE_LINES)
+    inbox = os.path.join(m.path, "INBOX")
+    assert len(os.listdir(inbox)) == 3
+    yield u, proxy, m
+    proxy.stop()
+
+
+def test_unmount_on_dead_link_journals_deferred_appends(stalled, mount, report):
+    u, proxy, m = stalled
+    inbox = os.path.join(m.path, "INBOX")
+    proxy.stall()
+    new = [_msg(i, "deferred") for i in range(3)]
+    for i, raw in enumerate(new):
+        # A dot name: close() returns 0 at once, the APPEND is deferred.
+        with open(os.path.join(inbox, ".new%d.eml" % i), "wb") as f:
+            f.write(raw)
+    took, probs = unmount_timed(m)
+    report("lifecycle: unmount on a dead link with 3 deferred APPENDs took %.1f s" % took)
+    assert probs == []
+
+    proxy.up()
+    m2 = mount(u, source=via(proxy, u), cache_dir=m.cache_dir, options=["poll=2"],
+               allow=OFFLINE_LINES)
+    want = sorted([mid_of(x) for x in new] + ["<old.%d@example.org>" % i for i in range(3)])
+    ok = wait_for(lambda: server_mids(u.account(), "INBOX") == want, 30, 0.5)
+    assert ok, (server_mids(u.account(), "INBOX"), m2.status())
+    assert wait_for(lambda: m2.status().get("pending") == "0", 15), m2.status()
+    # Nothing whose close() returned 0 waits longer than the drain plus a moment.
+    assert took < 15, took
+
+
+def test_unmount_during_a_sync_on_dead_link_is_quick(stalled, report):
+    u, proxy, m = stalled
+    proxy.stall()
+    # poll=2: a sync starts on the dead link and waits for the server.
+    time.sleep(4)
+    took, probs = unmount_timed(m)
+    report("lifecycle: unmount during a sync on a dead link took %.1f s" % took)
+    assert probs == []
+    assert took < 10, took
