@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -339,6 +341,18 @@ static int open_cache(struct cache **cache_r, const char *dir, uint64_t limit,
 	return r;
 }
 
+/* D1: the password stays in this process's memory (the store keeps it to
+ * log in again): a crash must not write it to a core file.  Non-dumpable
+ * also keeps other processes of the same user from ptrace and from
+ * /proc/PID/mem.  Inherited by fuse_daemonize's fork. */
+static void no_core_dumps(void)
+{
+	struct rlimit none = { 0, 0 };
+
+	if (setrlimit(RLIMIT_CORE, &none) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		log_warn("cannot disable core dumps: %s", strerror(errno));
+}
+
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
 {
@@ -371,6 +385,7 @@ int main(int argc, char **argv)
 	int ret = 1;
 
 	signal(SIGPIPE, SIG_IGN);
+	no_core_dumps(); /* before any password is read, `mailfs password set` too */
 	if (argc >= 2 && !strcmp(argv[1], "password"))
 		return password_command_main(argc, argv);
 	if (fuse_opt_parse(&args, &cfg, config_opts, opt_proc) < 0)

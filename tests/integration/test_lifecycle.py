@@ -157,3 +157,23 @@ def test_unmount_during_a_sync_on_dead_link_is_quick(stalled, report):
     report("lifecycle: unmount during a sync on a dead link took %.1f s" % took)
     assert probs == []
     assert took < 10, took
+
+
+# ---- 3. D1: the daemon holds the password: no core dumps ----
+
+def test_daemon_cannot_dump_core(make_user, mount):
+    from conftest import ordinary_user
+    u = make_user("core")
+    # Root (for /dev/fuse) with another group: the group of its /proc files
+    # then tells whether the kernel considers it dumpable.
+    gid = ordinary_user()[1]
+    m = mount(u, as_user=(0, gid))
+    pid = m.proc.pid
+    with open("/proc/%d/limits" % pid) as f:
+        [line] = [ln for ln in f if ln.startswith("Max core file size")]
+    assert line.split()[4:6] == ["0", "0"], line
+    with open("/proc/%d/status" % pid) as f:
+        egid = [ln.split()[2] for ln in f if ln.startswith("Gid:")][0]
+    assert int(egid) == gid
+    # Not dumpable: the kernel gives its /proc files to root's group.
+    assert os.stat("/proc/%d/status" % pid).st_gid == 0
