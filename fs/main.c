@@ -319,7 +319,7 @@ static int open_cache(struct cache **cache_r, const char *dir, uint64_t limit,
 	struct timespec step = { 0, 100 * 1000 * 1000 };
 	char held[PATH_MAX] = "";
 	long pid = 0;
-	int r;
+	int r = -EBUSY;
 
 	for (int i = 0; i < HOLDER_WAIT_S * 10; i++) {
 		r = cache_open(cache_r, dir, limit, error_r);
@@ -330,10 +330,10 @@ static int open_cache(struct cache **cache_r, const char *dir, uint64_t limit,
 			return r;
 		nanosleep(&step, NULL);
 	}
-	if (r == -EBUSY) {
+	if (r == -EBUSY && held[0]) {
 		snprintf(buf, sizeof(buf), "cache directory %s is still in use by mailfs "
-			 "(pid %ld, unmounted from %s) after %d s; try again, or choose another "
-			 "with -o cache_dir=DIR", dir, pid, held[0] ? held : "?", HOLDER_WAIT_S);
+			 "pid %ld (of %s, no longer mounted) after %d s; try again, or choose "
+			 "another with -o cache_dir=DIR", dir, pid, held, HOLDER_WAIT_S);
 		*error_r = buf;
 	}
 	if (r == 0)
@@ -545,8 +545,8 @@ int main(int argc, char **argv)
 		ret = fuse_session_loop_mt(se, loop);
 	ret = ret == 0 ? 0 : 1;
 	fuse_loop_cfg_destroy(loop);
-	/* The kernel is gone: nothing to invalidate any more, and the
-	 * notifier must be joined before the session it uses is freed. */
+	/* Unmounted (or a signal): nothing to invalidate any more, and the
+	 * notifier must be joined before the session it uses goes (C3). */
 	mfs_stop(mfs);
 	mfs_drain(mfs);
 out_unmount:

@@ -8,6 +8,7 @@ dumps: it holds the password) is checked here too.
 import os
 import re
 import subprocess
+import threading
 import time
 
 import pytest
@@ -157,6 +158,52 @@ def test_unmount_during_a_sync_on_dead_link_is_quick(stalled, report):
     report("lifecycle: unmount during a sync on a dead link took %.1f s" % took)
     assert probs == []
     assert took < 10, took
+
+
+# ---- C3: the notifier and the FUSE session at unmount ----
+
+def test_unmount_while_the_server_floods_changes(user, mount, server, report):
+    """Run under ASan (MAILFS_BIN=build-asan/mailfs): the notifier is busy with
+    invalidations from syncs while the session goes away; the daemon must exit clean."""
+    user.append_many("INBOX", [_msg(i, "flood") for i in range(150)])
+    m = mount(user, options=["poll=1"])
+    mnt, cache = m.path, m.cache_dir
+    inbox = os.path.join(mnt, "INBOX")
+    assert len(os.listdir(inbox)) == 150
+    seq = [1000]
+
+    def flood(stop):
+        i = 0
+        while not stop.is_set():
+            server.doveadm("flags", "add" if i % 2 == 0 else "remove", "-u", user.name,
+                           "\\Flagged", "mailbox", "INBOX", "all", check=False)
+            if i % 3 == 0:
+                user.append_many("INBOX", [_msg(seq[0] + k, "more") for k in range(10)])
+                seq[0] += 10
+            i += 1
+
+    for rnd in range(5):
+        # Look at the messages: the kernel then has entries to invalidate.
+        for n in os.listdir(inbox)[:60]:
+            os.stat(os.path.join(inbox, n))
+        stop = threading.Event()
+        t = threading.Thread(target=flood, args=(stop,))
+        t.start()
+        time.sleep(1.5)
+        # A large batch: its sync ends in a burst of invalidations at the
+        # moment of the unmount.
+        user.append_many("INBOX", [_msg(seq[0] + k, "burst") for k in range(1500)])
+        seq[0] += 1500
+        time.sleep(0.2 + rnd * 0.3)
+        try:
+            unmount_now(mnt)
+            probs = finished(m)
+        finally:
+            stop.set()
+            t.join()
+        assert probs == [], (rnd, probs)
+        m = mount(user, mnt=mnt, cache_dir=cache, options=["poll=1"])
+    report("lifecycle: 5 unmounts during a flood of server changes, all clean")
 
 
 # ---- 3. D1: the daemon holds the password: no core dumps ----
