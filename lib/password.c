@@ -142,9 +142,13 @@ static void password_command_child(const char *command, int out_fd)
 	/* A network daemon ignores SIGPIPE and threads block signals; the
 	 * command should start with neither. */
 	/* Its own process group, so that a timeout kills what it started
-	 * too; not when it may read the terminal, which only the terminal's
-	 * foreground group can. */
-	if (!isatty(STDIN_FILENO))
+	 * too; not when it may read the terminal (stdin or /dev/tty), which
+	 * only the terminal's foreground group can. */
+	int tty = open("/dev/tty", O_RDONLY | O_NOCTTY | O_CLOEXEC);
+
+	if (tty >= 0)
+		close(tty);
+	else if (!isatty(STDIN_FILENO))
 		setpgid(0, 0);
 	signal(SIGPIPE, SIG_DFL);
 	sigemptyset(&none);
