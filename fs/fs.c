@@ -798,8 +798,10 @@ void mfs_drain(struct mfs *m)
 			n->released_at = 0;
 	pthread_mutex_unlock(&m->lock);
 	fs_files_append_overdue(m);
-	/* The engine is still running: wait (bounded) for its answers. */
-	for (int i = 0; i < 600 && waiting; i++) {
+	/* The engine is still running: wait (bounded) for its answers.
+	 * Whatever is not stored by then the store journals at its stop
+	 * (the next mount sends it); longer would keep the next mount out. */
+	for (int i = 0; i < 100 && waiting; i++) {
 		pthread_mutex_lock(&m->lock);
 		waiting = false;
 		for (struct new_fh *n = m->news; n; n = n->next)
@@ -812,13 +814,12 @@ void mfs_drain(struct mfs *m)
 		}
 	}
 	if (waiting)
-		log_error("unmounting with temporary files not yet stored on the server");
+		log_info("unmounting with new files not yet stored on the server: they are "
+			 "journaled and sent at the next mount");
 }
 
-void mfs_destroy(struct mfs **mp)
+void mfs_stop(struct mfs *m)
 {
-	struct mfs *m = *mp;
-
 	if (!m)
 		return;
 	pthread_mutex_lock(&m->lock);
@@ -827,6 +828,16 @@ void mfs_destroy(struct mfs **mp)
 	pthread_mutex_unlock(&m->lock);
 	if (m->notifier_running)
 		pthread_join(m->notifier, NULL);
+	m->notifier_running = false;
+}
+
+void mfs_destroy(struct mfs **mp)
+{
+	struct mfs *m = *mp;
+
+	if (!m)
+		return;
+	mfs_stop(m);
 	while (m->notes) {
 		struct note *n = m->notes;
 

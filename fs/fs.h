@@ -33,9 +33,12 @@ const struct fuse_lowlevel_ops *mfs_ops(void);
  * the store's engine.  0 or -errno. */
 int mfs_start(struct mfs *mfs, struct fuse_session *se);
 /* At unmount, while the store still runs: store the temporary files
- * still waiting for a rename (see fs.c), waiting up to 30 s. */
+ * still waiting for a rename (see fs.c), waiting up to 5 s. */
 void mfs_drain(struct mfs *mfs);
-/* Stop the notifier (the store is stopped by its owner); frees. */
+/* Stop and join the notifier: before the FUSE session is freed, since it
+ * notifies through it.  Idempotent; the store is stopped by its owner. */
+void mfs_stop(struct mfs *mfs);
+/* mfs_stop, then free. */
 void mfs_destroy(struct mfs **mfs);
 
 #endif

@@ -9,6 +9,7 @@
  * the command itself fails with one line and a non-zero status.  Threads
  * start only after fuse_daemonize(): fork keeps only the calling thread. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pwd.h>
 #include <signal.h>
@@ -17,7 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <fuse_lowlevel.h>
@@ -240,6 +244,147 @@ static int absolutize(char **path, const char *what)
 	return 0;
 }
 
+/* ---- the cache directory's holder ----
+ *
+ * The cache directory's flock keeps a second mailfs out.  After
+ * fusermount3 -u the old daemon still holds it for a moment, while it
+ * writes its last changes; a mount right after must wait for it, not fail.
+ * The holder file (pid, mount point) tells that case from a live mount. */
+#define HOLDER_FILE "holder"
+#define HOLDER_WAIT_S 10
+
+static void holder_write(const char *cache_dir, const char *mountpoint)
+{
+	char *path = NULL, *tmp = NULL;
+	FILE *f;
+	int fd;
+
+	if (asprintf(&path, "%s/" HOLDER_FILE, cache_dir) < 0 ||
+	    asprintf(&tmp, "%s/" HOLDER_FILE ".tmp", cache_dir) < 0)
+		goto out;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 || !(f = fdopen(fd, "w"))) {
+		if (fd >= 0)
+			close(fd);
+		goto out;
+	}
+	fprintf(f, "%ld\n%s\n", (long)getpid(), mountpoint);
+	if (fclose(f) == 0)
+		rename(tmp, path);
+out:
+	free(path);
+	free(tmp);
+}
+
+/* The recorded holder's pid and mount point; false when there is none. */
+static bool holder_read(const char *cache_dir, long *pid_r, char *mnt, size_t size)
+{
+	char *path = NULL;
+	FILE *f;
+	bool ok = false;
+
+	if (asprintf(&path, "%s/" HOLDER_FILE, cache_dir) < 0)
+		return false;
+	f = fopen(path, "re");
+	free(path);
+	if (!f)
+		return false;
+	if (fscanf(f, "%ld\n", pid_r) == 1 && fgets(mnt, (int)size, f)) {
+		mnt[strcspn(mnt, "\n")] = '\0';
+		ok = mnt[0] == '/';
+	}
+	fclose(f);
+	return ok;
+}
+
+/* /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo. */
+static void mountinfo_unescape(char *s)
+{
+	char *o = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+}
+
+/* Is a mailfs mounted on PATH?  When mountinfo cannot be read, say yes:
+ * failing at once is the old, safe behaviour. */
+static bool mailfs_mounted_on(const char *path)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+
+	if (!f)
+		return true;
+	while (!found && getline(&line, &cap, f) > 0) {
+		char *save = NULL, *mnt = NULL, *sep = strstr(line, " - ");
+		char *tok = strtok_r(line, " ", &save);
+
+		for (int i = 1; tok && i < 5; i++)
+			tok = strtok_r(NULL, " ", &save);
+		mnt = tok;
+		if (!mnt || !sep || strncmp(sep + 3, "fuse.mailfs ", 12) != 0)
+			continue;
+		mountinfo_unescape(mnt);
+		found = !strcmp(mnt, path);
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* cache_open, waiting (bounded) for a holder whose mount is already gone. */
+static int open_cache(struct cache **cache_r, const char *dir, const char *option,
+		      uint64_t limit, const char *mountpoint, const char **error_r)
+{
+	static char buf[PATH_MAX + 256];
+	struct timespec step = { 0, 100 * 1000 * 1000 };
+	char held[PATH_MAX] = "";
+	long pid = 0;
+	int r = -EBUSY;
+
+	for (int i = 0; i < HOLDER_WAIT_S * 10; i++) {
+		r = cache_open_as(cache_r, dir, option, limit, error_r);
+		if (r != -EBUSY)
+			break;
+		/* A holder that is mounted stays: fail at once. */
+		if (holder_read(dir, &pid, held, sizeof(held)) && mailfs_mounted_on(held))
+			return r;
+		nanosleep(&step, NULL);
+	}
+	if (r == -EBUSY && held[0]) {
+		snprintf(buf, sizeof(buf), "%s %s is still in use by mailfs pid %ld (of %s, "
+			 "no longer mounted) after %d s; try again, or choose another with "
+			 "-o %s=DIR", strcmp(option, "data_dir") ? "cache directory" : "data directory",
+			 dir, pid, held, HOLDER_WAIT_S, option);
+		*error_r = buf;
+	}
+	if (r == 0)
+		holder_write(dir, mountpoint);
+	return r;
+}
+
+/* D1: the password stays in this process's memory (the store keeps it to
+ * log in again): a crash must not write it to a core file.  Non-dumpable
+ * also keeps other processes of the same user from ptrace and from
+ * /proc/PID/mem.  Inherited by fuse_daemonize's fork. */
+static void no_core_dumps(void)
+{
+	struct rlimit none = { 0, 0 };
+
+	if (setrlimit(RLIMIT_CORE, &none) < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		log_warn("cannot disable core dumps: %s", strerror(errno));
+}
+
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
 {
@@ -272,6 +417,7 @@ int main(int argc, char **argv)
 	int ret = 1;
 
 	signal(SIGPIPE, SIG_IGN);
+	no_core_dumps(); /* before any password is read, `mailfs password set` too */
 	if (argc >= 2 && !strcmp(argv[1], "password"))
 		return password_command_main(argc, argv);
 	if (fuse_opt_parse(&args, &cfg, config_opts, opt_proc) < 0)
@@ -325,8 +471,8 @@ int main(int argc, char **argv)
 	struct password_opts po = { .command = cfg.password_command, .file = cfg.password_file };
 	if (password_get(&url, &po, &password, &err) < 0)
 		die("%s", err);
-	if (cache_open_as(&cache, cache_dir, url.proto == URL_IMAP ? "cache_dir" : "data_dir",
-			  cache_limit, &err) < 0) {
+	if (open_cache(&cache, cache_dir, url.proto == URL_IMAP ? "cache_dir" : "data_dir",
+		       cache_limit, fopts.mountpoint, &err) < 0) {
 		password_free(password);
 		die("%s", err);
 	}
@@ -422,6 +568,7 @@ int main(int argc, char **argv)
 	if (!fopts.foreground)
 		log_to_syslog();
 	fuse_daemonize(fopts.foreground);
+	holder_write(cache_dir, fopts.mountpoint); /* the daemon's pid now */
 	if (cfg.insecure && !fopts.foreground)
 		log_warn("insecure: certificate verification is off for %s", cfg.source);
 	if (mfs_start(mfs, se) < 0) {
@@ -446,16 +593,22 @@ int main(int argc, char **argv)
 		ret = fuse_session_loop_mt(se, loop);
 	ret = ret == 0 ? 0 : 1;
 	fuse_loop_cfg_destroy(loop);
+	/* Unmounted (or a signal): nothing to invalidate any more, and the
+	 * notifier must be joined before the session it uses goes (C3). */
+	mfs_stop(mfs);
 	mfs_drain(mfs);
 out_unmount:
 	fuse_session_unmount(se);
 out_handlers:
 	fuse_remove_signal_handlers(se);
 out_session:
+	mfs_stop(mfs);
 	/* Stop the engine before the session: its callbacks reply to
-	 * requests and notify through the session. */
+	 * requests through the session. */
 	if (store)
 		store->ops->destroy(&store);
+	/* Nothing writes to the cache any more: let the next mount in. */
+	cache_close(&cache);
 	fuse_session_destroy(se);
 out:
 	if (store)

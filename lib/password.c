@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -140,6 +141,15 @@ static void password_command_child(const char *command, int out_fd)
 	}
 	/* A network daemon ignores SIGPIPE and threads block signals; the
 	 * command should start with neither. */
+	/* Its own process group, so that a timeout kills what it started
+	 * too; not when it may read the terminal (stdin or /dev/tty), which
+	 * only the terminal's foreground group can. */
+	int tty = open("/dev/tty", O_RDONLY | O_NOCTTY | O_CLOEXEC);
+
+	if (tty >= 0)
+		close(tty);
+	else if (!isatty(STDIN_FILENO))
+		setpgid(0, 0);
 	signal(SIGPIPE, SIG_DFL);
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
@@ -147,14 +157,102 @@ static void password_command_child(const char *command, int out_fd)
 	_exit(127);
 }
 
-static int password_from_command(const char *command, char **password_r,
-				 const char **error_r)
+/* How long password_command may take: it may ask gpg-agent for a pinentry,
+ * but a command that never finishes must not hang the mount. */
+#define PASSWORD_COMMAND_TIMEOUT_MS 30000
+/* After the first line, once the command itself has exited: how long a
+ * background child it left holding the pipe may go on writing. */
+#define PASSWORD_LINGER_MS 200
+
+static int64_t password_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Read the command's output into buf (the first line; the rest is drained
+ * so that it is not killed by SIGPIPE for printing more) and reap it.
+ * Done at EOF once it exited, or PASSWORD_LINGER_MS after it exited with
+ * its line given (a background child it left may hold the pipe forever).
+ * Returns 0 with *status_r, or -ETIMEDOUT at the deadline. */
+static int password_read_command(int *fd, pid_t pid, int timeout_ms, char *buf,
+				 size_t size, size_t *len_r, int *status_r,
+				 bool *reaped_r)
+{
+	int64_t deadline = password_now_ms() + timeout_ms, linger = 0;
+	size_t len = 0, drained = 0;
+	bool have_line = false, eof = false;
+
+	for (;;) {
+		struct pollfd pfd = { .fd = eof ? -1 : *fd, .events = POLLIN };
+		int64_t now = password_now_ms(), until = deadline;
+		char scratch[4096];
+		ssize_t n;
+
+		if (!*reaped_r && waitpid(pid, status_r, WNOHANG) == pid) {
+			*reaped_r = true;
+			linger = now + PASSWORD_LINGER_MS;
+		}
+		if (*reaped_r && (eof || (have_line && now >= linger)))
+			break;
+		if (now >= until)
+			return -ETIMEDOUT;
+		/* Wake every 50 ms to see whether it exited. */
+		if (poll(&pfd, 1, (int)(until - now < 50 ? until - now : 50)) <= 0)
+			continue;
+		if (have_line || len == size - 1) {
+			n = read(*fd, scratch, sizeof(scratch));
+			if (n > 0)
+				OPENSSL_cleanse(scratch, (size_t)n);
+			/* A first line longer than any password: never a match. */
+			if (!have_line && n > 0) {
+				have_line = true;
+				len = 0;
+			}
+			if (n > 0 && (drained += (size_t)n) > PASSWORD_DRAIN_MAX) {
+				/* `yes`: SIGPIPE ends it. */
+				close(*fd);
+				*fd = -1;
+				eof = true;
+				continue;
+			}
+		} else {
+			n = read(*fd, buf + len, size - 1 - len);
+			if (n > 0) {
+				len += (size_t)n;
+				have_line = memchr(buf, '\n', len) != NULL;
+			}
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			eof = true;
+	}
+	*len_r = len;
+	return 0;
+}
+
+/* On timeout: the command and whatever it started in its group. */
+static void password_command_kill(pid_t pid, bool reaped)
+{
+	kill(-pid, SIGKILL);
+	if (!reaped) {
+		kill(pid, SIGKILL);
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+	}
+}
+
+static int password_from_command(const char *command, int timeout_ms,
+				 char **password_r, const char **error_r)
 {
 	char buf[PASSWORD_MAX + 2];
-	size_t len = 0, drained = 0;
+	size_t len = 0;
 	int fds[2] = { -1, -1 };
-	bool have_line = false;
-	int status, ret = -1, found;
+	bool reaped = false;
+	int status = 0, ret = -1, found;
 	pid_t pid;
 
 	if (pipe2(fds, O_CLOEXEC) < 0) {
@@ -174,47 +272,20 @@ static int password_from_command(const char *command, char **password_r,
 	if (pid == 0)
 		password_command_child(command, fds[1]);
 	close(fds[1]);
-
-	/* Read to EOF so the command is not killed by SIGPIPE for printing
-	 * more than one line, but keep only the first line. */
-	for (;;) {
-		char scratch[4096];
-		char *dst = have_line ? scratch : buf + len;
-		size_t room = have_line ? sizeof(scratch) :
-				      sizeof(buf) - 1 - len;
-		ssize_t n;
-
-		if (room == 0) {
-			/* The first line is longer than any password. */
-			have_line = true;
-			len = 0;
-			continue;
-		}
-		n = read(fds[0], dst, room);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		if (have_line) {
-			OPENSSL_cleanse(scratch, (size_t)n);
-			drained += (size_t)n;
-			if (drained > PASSWORD_DRAIN_MAX)
-				break;
-		} else {
-			len += (size_t)n;
-			if (memchr(buf, '\n', len) != NULL)
-				have_line = true;
-		}
+	if (password_read_command(&fds[0], pid, timeout_ms > 0 ? timeout_ms :
+				  PASSWORD_COMMAND_TIMEOUT_MS, buf, sizeof(buf),
+				  &len, &status, &reaped) < 0) {
+		if (fds[0] >= 0)
+			close(fds[0]);
+		password_command_kill(pid, reaped);
+		*error_r = password_errorf("password_command did not finish "
+					   "within %d s (killed it)",
+					   (timeout_ms > 0 ? timeout_ms :
+					    PASSWORD_COMMAND_TIMEOUT_MS) / 1000);
+		goto cleanup;
 	}
-	close(fds[0]);
-
-	while (waitpid(pid, &status, 0) < 0) {
-		if (errno != EINTR) {
-			*error_r = password_errorf("password_command failed: "
-						   "%s", strerror(errno));
-			goto cleanup;
-		}
-	}
+	if (fds[0] >= 0)
+		close(fds[0]);
 	if (WIFSIGNALED(status)) {
 		*error_r = password_errorf("password_command failed (killed "
 					   "by signal %d)", WTERMSIG(status));
@@ -669,8 +740,9 @@ int password_get(const struct url *url, const struct password_opts *opts,
 
 	*password_r = NULL;
 	if (opts != NULL && opts->command != NULL)
-		return password_from_command(opts->command, password_r,
-					     error_r);
+		return password_from_command(opts->command,
+					     opts->command_timeout_ms,
+					     password_r, error_r);
 	if (opts != NULL && opts->file != NULL)
 		return password_from_file(opts->file, password_r, error_r);
 

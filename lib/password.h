@@ -13,6 +13,7 @@
 struct password_opts {
 	const char *command; /* password_command=, run through /bin/sh */
 	const char *file;    /* password_file=; refused if group/world readable */
+	int command_timeout_ms; /* bound on password_command; 0: 30 s */
 };
 
 /* Find the password for url.  Returns 0 with *password_r (caller frees with

@@ -30,6 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -126,12 +129,58 @@ static const char *conn_secs(int ms, char *buf, size_t size)
 	return buf;
 }
 
-/* Wait until fd is ready for events or deadline passes: 0, -ETIMEDOUT or
- * -errno.  An error or hangup counts as ready; the next I/O call reports
- * it with a better errno than poll could. */
+/* ---- cancelling every wait, at unmount ---- */
+
+static pthread_once_t conn_cancel_once = PTHREAD_ONCE_INIT;
+static int conn_cancel_fd = -1; /* an eventfd, readable once cancelled */
+static atomic_bool conn_cancelled;
+
+static void conn_cancel_init(void)
+{
+	conn_cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+void conn_cancel_all(void)
+{
+	uint64_t one = 1;
+
+	pthread_once(&conn_cancel_once, conn_cancel_init);
+	atomic_store(&conn_cancelled, true);
+	if (conn_cancel_fd >= 0 && write(conn_cancel_fd, &one, sizeof(one)) < 0)
+		return; /* the flag alone still stops every later wait */
+}
+
+/* poll() on fd and the cancel eventfd: poll's result, or -ECANCELED. */
+static int conn_poll(int fd, short events, int timeout_ms)
+{
+	struct pollfd pfd[2] = { { .fd = fd, .events = events }, { .fd = -1 } };
+	int ret;
+
+	pthread_once(&conn_cancel_once, conn_cancel_init);
+	if (atomic_load(&conn_cancelled))
+		return -ECANCELED;
+	pfd[1].fd = conn_cancel_fd;
+	pfd[1].events = POLLIN;
+	ret = poll(pfd, 2, timeout_ms);
+	if (ret > 0 && pfd[1].revents)
+		return -ECANCELED;
+	return ret;
+}
+
+int conn_wait_input(struct conn *conn, int timeout_ms)
+{
+	int ret = conn_poll(conn->fd, POLLIN, timeout_ms);
+
+	if (ret < 0 && ret != -ECANCELED)
+		ret = errno == EINTR ? 0 : -errno;
+	return ret;
+}
+
+/* Wait until fd is ready for events or deadline passes: 0, -ETIMEDOUT,
+ * -ECANCELED or -errno.  An error or hangup counts as ready; the next I/O
+ * call reports it with a better errno than poll could. */
 static int conn_wait(int fd, short events, int64_t deadline)
 {
-	struct pollfd pfd = { .fd = fd, .events = events };
 	int64_t left;
 	int ret;
 
@@ -139,9 +188,11 @@ static int conn_wait(int fd, short events, int64_t deadline)
 		left = deadline - conn_now_ms();
 		if (left <= 0)
 			return -ETIMEDOUT;
-		ret = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left);
+		ret = conn_poll(fd, events, left > INT_MAX ? INT_MAX : (int)left);
 		if (ret > 0)
 			return 0;
+		if (ret == -ECANCELED)
+			return ret;
 		if (ret < 0 && errno != EINTR)
 			return -errno;
 	}

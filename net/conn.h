@@ -71,6 +71,14 @@ bool conn_has_input(struct conn *conn);
 /* The socket, for poll() by an owner that multiplexes (IDLE). */
 int conn_fd(const struct conn *conn);
 
+/* Wait up to timeout_ms for the socket to be readable (IDLE): >0 ready,
+ * 0 timeout, -ECANCELED after conn_cancel_all, or -errno. */
+int conn_wait_input(struct conn *conn, int timeout_ms);
+
+/* The process is stopping: every wait of every conn, now and later, fails
+ * at once with -ECANCELED (connect, handshake, read, write, LOGOUT). */
+void conn_cancel_all(void);
+
 /* Change the timeout of each read and write (e.g. longer while IDLE). */
 void conn_set_io_timeout(struct conn *conn, int ms);
 

@@ -94,7 +94,8 @@ void engine_sync_now(struct engine *e)
 void engine_set_online(struct engine *e, bool online)
 {
 	pthread_mutex_lock(&e->lock);
-	if (e->online != online)
+	/* At unmount the connections are cut on purpose: no news. */
+	if (e->online != online && !e->stopping)
 		log_info("%s: %s", e->server, online ? "connected" : "connection lost");
 	e->online = online;
 	pthread_mutex_unlock(&e->lock);

@@ -542,13 +542,9 @@ int imap_client_poll(struct imap_client *c, int timeout_ms,
 		return -EPROTO;
 	}
 	if (!conn_has_input(c->conn)) {
-		struct pollfd pfd = { .fd = conn_fd(c->conn), .events = POLLIN };
-
-		r = poll(&pfd, 1, timeout_ms);
-		if (r < 0)
-			return errno == EINTR ? 0 : -errno;
-		if (r == 0)
-			return 0;
+		r = conn_wait_input(c->conn, timeout_ms);
+		if (r <= 0)
+			return r;
 	}
 	return read_response(c, resp_r);
 }

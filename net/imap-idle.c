@@ -131,7 +131,8 @@ void *imap_idle_main(void *arg)
 
 			imap_client_close(&d->client);
 			if (imap_client_open(&d->client, &o, NULL, &err) < 0) {
-				log_debug("IDLE connection: %s", err);
+				if (!imap_store_stopping(s))
+					log_debug("IDLE connection: %s", err);
 				idler_sleep(d, backoff);
 				backoff = backoff < 60000 ? backoff * 2 : 60000;
 				continue;

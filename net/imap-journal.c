@@ -186,6 +186,7 @@ static enum store_error apply_append(struct istore *s, struct op *op, struct cac
 		.kind = JOURNAL_APPEND, .folder_id = op->folder_id,
 		.uidvalidity = f->uidvalidity, .server_name = f->server_name, .name = op->name,
 		.mtime = op->mtime, .data = op->data, .len = op->len, .attempted = attempted,
+		.hint = attempted ? op->uidnext : 0,
 	};
 	if ((err = record_local(s, &e, op->folder_id)) != STORE_OK)
 		return err;

@@ -35,7 +35,9 @@ enum store_error imap_ops_outcome(struct worker *w, int r, const char *what)
 	if (r == IMAP_RESULT_OK)
 		return STORE_OK;
 	if (r < 0) {
-		log_warn("%s: %s", what, imap_client_error(w->client));
+		/* At unmount the connection was cut on purpose. */
+		if (!imap_store_stopping(w->s))
+			log_warn("%s: %s", what, imap_client_error(w->client));
 		return STORE_ERR_IO;
 	}
 	log_warn("%s refused by the server: %s", what, imap_client_text(w->client));
@@ -606,6 +608,9 @@ static enum store_error op_append(struct worker *w, struct op *op)
 		cache_folder_clear(&f);
 		return STORE_ERR_IO;
 	}
+	/* Cut before the answer (an unmount cuts it at once): the replay
+	 * then looks for it from here on, rather than sending it twice. */
+	op->uidnext = f.uidvalidity ? f.uidnext : 0;
 	tag = imap_client_send_literal(w->client, prefix, op->data, op->len, NULL);
 	free(prefix);
 	r = tag < 0 ? tag : imap_client_wait(w->client, tag, NULL, NULL);
@@ -669,6 +674,16 @@ static enum store_error op_flags(struct worker *w, struct op *op)
 	return e;
 }
 
+/* Tell the op's caller and free it. */
+static void op_finish(struct op *op, enum store_error e)
+{
+	op->done(op->ctx, e, op->kind == OP_RMDIR && op->len == 1);
+	free(op->name);
+	free(op->flags);
+	free(op->data);
+	free(op);
+}
+
 void imap_ops_run(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
@@ -678,7 +693,8 @@ void imap_ops_run(struct worker *w, struct op *op)
 
 	if (!w->client || !imap_client_alive(w->client)) {
 		if (imap_store_connect(w, &err) < 0) {
-			log_warn("%s", err);
+			if (!imap_store_stopping(s))
+				log_warn("%s", err);
 			engine_set_online(&s->eng, false);
 			goto offline;
 		}
@@ -726,11 +742,12 @@ void imap_ops_run(struct worker *w, struct op *op)
 offline:
 	e = s->journal ? imap_journal_apply(s, op, attempted) : STORE_ERR_IO;
 done:
-	op->done(op->ctx, e, op->kind == OP_RMDIR && op->len == 1);
-	free(op->name);
-	free(op->flags);
-	free(op->data);
-	free(op);
+	op_finish(op, e);
+}
+
+void imap_ops_journal(struct istore *s, struct op *op)
+{
+	op_finish(op, s->journal ? imap_journal_apply(s, op, false) : STORE_ERR_IO);
 }
 
 static void queue_op(struct istore *s, struct op *op)

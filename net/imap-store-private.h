@@ -43,6 +43,7 @@ struct op {
 	char *data;           /* APPEND: the message, CRLF line ends */
 	size_t len;
 	int64_t mtime;
+	uint32_t uidnext; /* APPEND: the folder's UIDNEXT before it was sent */
 	store_done_fn *done;
 	void *ctx;
 };
@@ -184,6 +185,8 @@ void imap_store_queue_sync(struct istore *s, int64_t folder_id, bool urgent);
 void imap_store_emit_entry(struct istore *s, int64_t folder_id, const char *name);
 void imap_store_emit_message(struct istore *s, int64_t folder_id, uint32_t uid);
 int imap_store_connect(struct worker *w, const char **error_r);
+/* Is the store being destroyed (its connections cut on purpose)? */
+bool imap_store_stopping(struct istore *s);
 /* After a command failed with r: reconnect and try once more? */
 bool imap_store_retry(struct worker *w, int r);
 struct fstate *imap_store_fstate(struct istore *s, int64_t id);
@@ -213,6 +216,9 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 
 /* imap-ops.c */
 void imap_ops_run(struct worker *w, struct op *op);
+/* At stop: write a queued op to the journal unsent (the next mount
+ * replays it), tell its caller, free it. */
+void imap_ops_journal(struct istore *s, struct op *op);
 /* Helpers the journal's replay shares. */
 enum store_error imap_ops_outcome(struct worker *w, int r, const char *what);
 enum store_error imap_ops_expunge_one(struct worker *w, uint32_t uid);

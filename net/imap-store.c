@@ -229,11 +229,23 @@ static void finish_sync(struct istore *s, int64_t folder_id, enum store_error er
 	engine_waiters_call(waiters, err, false);
 }
 
+bool imap_store_stopping(struct istore *s)
+{
+	bool stopping;
+
+	pthread_mutex_lock(&s->eng.lock);
+	stopping = s->eng.stopping;
+	pthread_mutex_unlock(&s->eng.lock);
+	return stopping;
+}
+
 bool imap_store_retry(struct worker *w, int r)
 {
 	/* A connection the server closed is worth one more try (it dropped
-	 * an idle session); a silent one is a dead link, and someone waits. */
-	return r < 0 && r != -ETIMEDOUT && w->client && !imap_client_alive(w->client);
+	 * an idle session); a silent one is a dead link, and someone waits.
+	 * At unmount the connections were cut on purpose. */
+	return r < 0 && r != -ETIMEDOUT && w->client && !imap_client_alive(w->client) &&
+	       !imap_store_stopping(w->s);
 }
 
 static void run_job(struct worker *w, struct job *j)
@@ -250,7 +262,8 @@ static void run_job(struct worker *w, struct job *j)
 	for (int attempt = 0; attempt < 2 && j->kind != JOB_FETCH; attempt++) {
 		if (!w->client || !imap_client_alive(w->client)) {
 			if (imap_store_connect(w, &err) < 0) {
-				log_warn("%s", err);
+				if (!imap_store_stopping(s))
+					log_warn("%s", err);
 				engine_set_online(&s->eng, false);
 				r = -EIO;
 				break;
@@ -267,7 +280,7 @@ static void run_job(struct worker *w, struct job *j)
 		}
 		if (j->kind == JOB_LIST) {
 			r = imap_sync_list(s, w->client, &err);
-			if (r < 0)
+			if (r < 0 && !imap_store_stopping(s))
 				log_warn("listing folders: %s", err);
 		} else {
 			r = imap_sync_folder(w, j->folder_id);
@@ -499,6 +512,22 @@ static void istore_sync_now(struct store *base)
 	engine_sync_now(&((struct istore *)base)->eng);
 }
 
+/* After the workers: a change still queued was accepted (a dot-file's
+ * close() returned 0), so it goes to the journal, in queue order, never
+ * freed unrun.  Syncs and fetches are simply dropped. */
+static void journal_queued(struct istore *s)
+{
+	while (s->queue_head) {
+		struct job *j = s->queue_head;
+
+		s->queue_head = j->next;
+		if (j->kind == JOB_OP)
+			imap_ops_journal(s, j->op);
+		free(j);
+	}
+	s->queue_tail = NULL;
+}
+
 static void istore_destroy(struct store **basep)
 {
 	struct istore *s = (struct istore *)*basep;
@@ -510,6 +539,11 @@ static void istore_destroy(struct store **basep)
 	pthread_cond_broadcast(&s->idle_cond);
 	pthread_mutex_unlock(&s->eng.lock);
 	if (s->started) {
+		/* An unmount must not wait for a long sync or a dead link
+		 * (its lock keeps the next mount out): every wait on a
+		 * connection ends now.  A change cut off in flight is
+		 * journaled by its worker, as after any lost connection. */
+		conn_cancel_all();
 		for (unsigned i = 0; i < s->nworkers; i++)
 			pthread_join(s->workers[i].thread, NULL);
 		for (int i = 0; i < 2; i++)
@@ -518,12 +552,7 @@ static void istore_destroy(struct store **basep)
 	}
 	for (unsigned i = 0; i < MAX_WORKERS; i++)
 		imap_client_close(&s->workers[i].client);
-	while (s->queue_head) {
-		struct job *j = s->queue_head;
-
-		s->queue_head = j->next;
-		free(j);
-	}
+	journal_queued(s);
 	for (size_t i = 0; i < s->fst_len; i++) {
 		if (s->fst[i])
 			engine_waiters_call(s->fst[i]->waiters, STORE_ERR_IO, false);

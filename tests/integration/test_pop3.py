@@ -805,7 +805,8 @@ def test_old_records_without_identity_are_hidden_but_never_deleted(loaded, mount
     assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash"
     subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
     m.unmounted = True
-    db = sqlite3.connect(os.path.join(m.cache_dir, "index.sqlite"))
+    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    db = sqlite3.connect(os.path.join(store, "index.sqlite"))
     rows = db.execute("SELECT key, value FROM kv WHERE key LIKE 'pop3.archived.%'").fetchall()
     assert len(rows) == 1, rows
     db.execute("UPDATE kv SET value = ? WHERE key = ?", (rows[0][1].split()[0], rows[0][0]))

@@ -226,6 +226,95 @@ static void test_command(void)
 	close(fd);
 }
 
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The pid a command wrote to FILE, or 0. */
+static pid_t pid_in(const char *file)
+{
+	FILE *f = fopen(file, "r");
+	long pid = 0;
+
+	if (f) {
+		if (fscanf(f, "%ld", &pid) != 1)
+			pid = 0;
+		fclose(f);
+	}
+	return (pid_t)pid;
+}
+
+static bool alive(pid_t pid)
+{
+	char path[64], state = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	if (fscanf(f, "%*d %*s %c", &state) != 1)
+		state = 0;
+	fclose(f);
+	return state != 0 && state != 'Z';
+}
+
+/* B3: a command that leaves something holding its stdout open does not
+ * block the mount. */
+static void test_command_bounded(void)
+{
+	char cmd[PATH_MAX + 100], pidfile[PATH_MAX];
+	double t0;
+	pid_t bg;
+
+	/* A background child keeps the pipe open after the line. */
+	snprintf(pidfile, sizeof(pidfile), "%s/bg.pid", tmpdir);
+	snprintf(cmd, sizeof(cmd), "echo pw; sleep 1000 & echo $! > %s", pidfile);
+	t0 = now_s();
+	expect_password(&(struct password_opts){ .command = cmd }, "pw");
+	CHECK(now_s() - t0 < 10);
+	bg = pid_in(pidfile);
+	CHECK(bg > 0);
+	if (bg > 0)
+		kill(bg, SIGKILL);
+
+	/* A command that never ends fails within its bound, in one line. */
+	t0 = now_s();
+	expect_error(&(struct password_opts){ .command = "sleep 1000",
+					      .command_timeout_ms = 1000 },
+		     "password_command did not finish within 1 s (killed it)");
+	CHECK(now_s() - t0 < 5);
+	/* ...and so does one that closed its output but goes on; */
+	expect_error(&(struct password_opts){
+			     .command = "echo pw; exec >&-; sleep 1000",
+			     .command_timeout_ms = 1000 },
+		     "password_command did not finish within 1 s (killed it)");
+	/* What it started in the background is killed with it, unless it
+	 * may use our terminal (then it stays in our process group). */
+	int tty = open("/dev/tty", O_RDONLY | O_NOCTTY | O_CLOEXEC);
+
+	if (tty >= 0) {
+		close(tty);
+		return;
+	}
+	unlink(pidfile);
+	snprintf(cmd, sizeof(cmd), "sleep 1000 & echo $! > %s; wait", pidfile);
+	expect_error(&(struct password_opts){ .command = cmd,
+					      .command_timeout_ms = 1000 },
+		     "password_command did not finish within 1 s (killed it)");
+	bg = pid_in(pidfile);
+	CHECK(bg > 0);
+	for (int i = 0; i < 50 && bg > 0 && alive(bg); i++)
+		usleep(20000);
+	CHECK(bg > 0 && !alive(bg));
+	if (bg > 0)
+		kill(bg, SIGKILL);
+}
+
 static void test_order(void)
 {
 	char *path = tmp_path("order");
@@ -737,6 +826,7 @@ int main(int argc, char **argv)
 	}
 	test_file();
 	test_command();
+	test_command_bounded();
 	test_order();
 	test_no_keyring();
 	test_prompt();
