@@ -60,8 +60,19 @@
  * UIDL: the server may then give it to another message (RFC 1939). */
 #define KV_ARCHIVED "pop3.archived."
 #define KV_CONSUMED "pop3.consumed."
+/* A recorded UIDL the listings lack: "<since> <sessions>".  A server
+ * that briefly lists an empty or partial maildrop must not make a kept
+ * message new again, so a record goes only once its UIDL has been
+ * missing from FORGET_SESSIONS listings and for FORGET_SECONDS. */
+#define KV_MISSING "pop3.missing."
+#define FORGET_SESSIONS 3
+#define FORGET_SECONDS (24 * 3600)
 /* A RETR body whose size was not LIST's: readable, never consumed. */
 #define KV_BADSIZE "pop3.badsize."
+/* Who a spool row's message is: "<LIST size> <header digest>" ("-": no
+ * digest), as listed when the row was made.  A UIDL the server gives to
+ * another message meanwhile must not make rm DELE that one. */
+#define KV_SPOOL "pop3.spool."
 
 /* A header digest: the first 16 bytes of SHA-256, in hex. */
 #define DIGEST_HEX 32
@@ -143,6 +154,7 @@ struct pstore {
 	struct cache *cache;
 	int64_t spool_id, archive_id;
 	const char *crash_at; /* MAILFS_TEST_CRASH_AT, or NULL */
+	int64_t forget_seconds; /* FORGET_SECONDS, or MAILFS_TEST_FORGET_SECONDS */
 	struct store_events ev;
 
 	struct engine eng; /* its lock protects what follows up to `sess` */
@@ -375,6 +387,7 @@ static int session_open(struct pstore *s, bool *auth_failed_r, const char **erro
 }
 
 static void session_end(struct pstore *s);
+static void spool_forget(struct pstore *s, const char *uidl, bool keep_id);
 
 /* The worker's way in: open a session if none is, logging failures once
  * per outage.  0 or -1. */
@@ -433,7 +446,7 @@ static void session_end(struct pstore *s)
 		if (committed) {
 			if (cache_msg_get(s->cache, s->spool_id, c->uid, &m) == 0) {
 				cache_msg_delete(s->cache, s->spool_id, c->uid);
-				kv_put(s, KV_UIDL, c->uidl, NULL);
+				spool_forget(s, c->uidl, false);
 				c->done(c->ctx, STORE_OK, false);
 				emit_entry(s, s->spool_id, m.name);
 				cache_msg_clear(&m);
@@ -724,6 +737,47 @@ static void record_drop(struct pstore *s, const char *uidl)
 	kv_put(s, KV_CONSUMED, uidl, NULL);
 }
 
+static void spool_ident_put(struct pstore *s, const char *uidl, uint64_t size,
+			    const char *digest)
+{
+	char v[80];
+
+	snprintf(v, sizeof(v), "%" PRIu64 " %s", size, digest[0] ? digest : "-");
+	kv_put(s, KV_SPOOL, uidl, v);
+}
+
+/* The identity a spool row was listed with; false if none is recorded
+ * (a row from before identities). */
+static bool spool_ident_get(struct pstore *s, const char *uidl, uint64_t *size_r,
+			    char digest[DIGEST_HEX + 1])
+{
+	char key[KV_KEY_MAX], dig[DIGEST_HEX + 2] = "", *v = NULL;
+	unsigned long long size = 0;
+	int k;
+
+	digest[0] = '\0';
+	snprintf(key, sizeof(key), "%s%s", KV_SPOOL, uidl);
+	if (cache_kv_get(s->cache, key, &v) < 0)
+		return false;
+	k = sscanf(v, "%llu %33s", &size, dig);
+	free(v);
+	if (k < 1)
+		return false;
+	*size_r = size;
+	if (k == 2 && strlen(dig) == DIGEST_HEX)
+		strcpy(digest, dig);
+	return true;
+}
+
+/* A spool row's UIDL leaves spool/: what was kept about it goes too. */
+static void spool_forget(struct pstore *s, const char *uidl, bool keep_id)
+{
+	if (!keep_id)
+		kv_put(s, KV_UIDL, uidl, NULL);
+	kv_put(s, KV_SPOOL, uidl, NULL);
+	kv_put(s, KV_BADSIZE, uidl, NULL);
+}
+
 /* The size of an archived body still held, or UINT64_MAX. */
 static uint64_t archived_size(struct pstore *s, uint32_t uid)
 {
@@ -753,35 +807,111 @@ static bool verified_has(struct pstore *s, const struct pop3_msg *pm)
 	return v && v->n == pm->n && v->size == pm->size;
 }
 
-/* Drop the records of UIDLs this session's listing lacks: their messages
- * are gone (a committed DELE, or another client), and the server may give
- * the UIDL to a new message. */
-static void forget_unlisted(struct pstore *s)
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* One more listing lacks this recorded UIDL: true once it has been
+ * missing long enough to be forgotten (the missing note then goes). */
+static bool missing_long_enough(struct pstore *s, const char *uidl, int64_t now)
+{
+	char key[KV_KEY_MAX], v[48], *old = NULL;
+	long long since = now, count = 0;
+
+	snprintf(key, sizeof(key), "%s%s", KV_MISSING, uidl);
+	if (cache_kv_get(s->cache, key, &old) == 0) {
+		if (sscanf(old, "%lld %lld", &since, &count) != 2)
+			since = now, count = 0;
+		free(old);
+	}
+	count++;
+	if (count >= FORGET_SESSIONS && now - since >= s->forget_seconds) {
+		cache_kv_set(s->cache, key, NULL);
+		return true;
+	}
+	snprintf(v, sizeof(v), "%lld %lld", since, count);
+	cache_kv_set(s->cache, key, v);
+	return false;
+}
+
+/* The UIDLs with a record (KV_ARCHIVED, KV_CONSUMED, KV_BADSIZE) that
+ * this session's listing lacks, sorted, without repeats. */
+static int unlisted_uidls(struct pstore *s, char ***out_r, size_t *n_r)
 {
 	static const char *const prefixes[] = { KV_ARCHIVED, KV_CONSUMED, KV_BADSIZE };
-	size_t dropped = 0;
-	bool batch = cache_begin(s->cache) == 0;
+	char **out = NULL;
+	size_t n = 0;
 
 	for (size_t p = 0; p < sizeof(prefixes) / sizeof(prefixes[0]); p++) {
-		size_t plen = strlen(prefixes[p]), n;
+		size_t plen = strlen(prefixes[p]), nk;
 		char **keys;
 
-		if (cache_kv_keys(s->cache, prefixes[p], &keys, &n) < 0)
+		if (cache_kv_keys(s->cache, prefixes[p], &keys, &nk) < 0)
 			continue;
-		for (size_t i = 0; i < n; i++) {
-			if (sess_listed(&s->sess, keys[i] + plen))
-				continue;
-			if (cache_kv_set(s->cache, keys[i], NULL) == 0)
-				dropped++;
+		char **grown = realloc(out, (n + nk + 1) * sizeof(*out));
+
+		if (grown) {
+			out = grown;
+			for (size_t i = 0; i < nk; i++)
+				if (!sess_listed(&s->sess, keys[i] + plen) &&
+				    (out[n] = strdup(keys[i] + plen)))
+					n++;
 		}
-		cache_kv_keys_free(keys, n);
+		cache_kv_keys_free(keys, nk);
 	}
+	if (n)
+		qsort(out, n, sizeof(*out), cmp_str);
+	size_t j = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (j > 0 && !strcmp(out[j - 1], out[i]))
+			free(out[i]);
+		else
+			out[j++] = out[i];
+	}
+	*out_r = out;
+	*n_r = j;
+	return 0;
+}
+
+/* Drop the records of UIDLs the listings have lacked for a while: their
+ * messages are gone (a committed DELE, or another client), and the server
+ * may give the UIDL to a new message.  A UIDL listed again is no longer
+ * missing. */
+static void forget_unlisted(struct pstore *s)
+{
+	int64_t now = (int64_t)time(NULL);
+	size_t dropped = 0, n = 0, nk = 0, plen = strlen(KV_MISSING);
+	char **gone = NULL, **keys = NULL;
+	bool batch = cache_begin(s->cache) == 0;
+
+	unlisted_uidls(s, &gone, &n);
+	for (size_t i = 0; i < n; i++) {
+		if (!missing_long_enough(s, gone[i], now))
+			continue;
+		record_drop(s, gone[i]);
+		kv_put(s, KV_BADSIZE, gone[i], NULL);
+		dropped++;
+	}
+	/* Notes of UIDLs listed again, or without records any more. */
+	if (cache_kv_keys(s->cache, KV_MISSING, &keys, &nk) == 0) {
+		for (size_t i = 0; i < nk; i++) {
+			char *u = keys[i] + plen;
+
+			if (!n || !bsearch(&u, gone, n, sizeof(*gone), cmp_str))
+				cache_kv_set(s->cache, keys[i], NULL);
+		}
+		cache_kv_keys_free(keys, nk);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(gone[i]);
+	free(gone);
 	if (batch && cache_commit(s->cache) < 0)
 		log_warn("%s: cannot forget the records of messages gone from the server",
 			 s->eng.server);
 	if (dropped)
-		log_debug("%s: forgot %zu records of messages gone from the server", s->eng.server,
-			  dropped);
+		log_debug("%s: forgot the records of %zu messages gone from the server",
+			  s->eng.server, dropped);
 }
 
 /* A record whose UIDL is listed, waiting for TOP. */
@@ -802,6 +932,15 @@ static int on_top_check(void *ctx, size_t index, int result, const struct pop3_r
 		header_digest(resp->body, resp->body_len, c->digest);
 	}
 	return 0;
+}
+
+/* Does the session's server answer TOP?  Without CAPA it may still;
+ * with CAPA, believe it. */
+static bool sess_has_top(struct pstore *s)
+{
+	unsigned caps = pop3_client_caps(s->sess.client);
+
+	return !(caps & POP3_CAP_CAPA) || (caps & POP3_CAP_TOP);
 }
 
 /* Is the session's message pm the one consumed with this size and digest?
@@ -829,6 +968,8 @@ struct spool_row {
 	uint32_t uid;
 	char *uidl;
 	char *name;
+	uint64_t size;
+	bool cached;
 	bool seen; /* on the server in this session */
 };
 
@@ -874,6 +1015,8 @@ static int load_rows(struct pstore *s, int64_t folder_id, struct spool_row **row
 			rows[n].uid = msgs[i].uid;
 			rows[n].uidl = msgs[i].message_id ? msgs[i].message_id : strdup("");
 			rows[n].name = msgs[i].name;
+			rows[n].size = msgs[i].size;
+			rows[n].cached = msgs[i].cached;
 			rows[n].seen = false;
 			msgs[i].message_id = NULL;
 			msgs[i].name = NULL;
@@ -910,6 +1053,7 @@ struct newmsg {
 	struct pop3_msg *pm;
 	char *base;
 	int64_t mtime;
+	char digest[DIGEST_HEX + 1];
 	bool got_headers;
 };
 
@@ -928,6 +1072,7 @@ static int on_top(void *ctx, size_t index, int result, const struct pop3_respons
 
 	if (result != POP3_RESULT_OK)
 		return 0; /* named without headers */
+	header_digest(resp->body, resp->body_len, nm->digest);
 	parse_headers(resp->body, resp->body_len, &h);
 	parse_from(h.from, &from_name, &from_addr);
 	if (h.received) {
@@ -1013,6 +1158,8 @@ static void put_new(struct pstore *s, struct newmsg *nm, size_t n)
 			}
 			if (cache_msg_put(s->cache, &m, base, &names[k - i]) < 0)
 				names[k - i] = NULL;
+			else
+				spool_ident_put(s, nm[k].pm->uidl, nm[k].pm->size, nm[k].digest);
 		}
 		if (batch && cache_commit(s->cache) < 0)
 			log_warn("%s: cannot record new messages in the cache", s->eng.server);
@@ -1117,6 +1264,31 @@ static int judge_record(struct pstore *s, struct pop3_msg *pm, const struct reco
 	return 2;
 }
 
+/* Is the session's message pm the one a spool row was listed as?  Its
+ * LIST size tells (a row from before identities: its size, while its
+ * body is not stored; it is then recorded as it is listed now). */
+static bool row_is_listed(struct pstore *s, const struct spool_row *row,
+			  const struct pop3_msg *pm)
+{
+	char digest[DIGEST_HEX + 1];
+	uint64_t size;
+
+	if (!spool_ident_get(s, pm->uidl, &size, digest)) {
+		if (!row->cached && row->size != pm->size)
+			size = row->size;
+		else
+			size = pm->size;
+		if (size == pm->size)
+			spool_ident_put(s, pm->uidl, pm->size, "");
+	}
+	if (size == pm->size)
+		return true;
+	log_info("%s: UIDL %s now names another message (%" PRIu64 " bytes, not %" PRIu64
+		 "); offering it in place of %s", s->eng.server, pm->uidl, (uint64_t)pm->size,
+		 size, row->name);
+	return false;
+}
+
 /* Bring spool/ in line with the maildrop of the open session; DELE what
  * was archived and not yet deleted.  0 or a negative errno (connection). */
 static int do_sync(struct pstore *s)
@@ -1174,10 +1346,11 @@ static int do_sync(struct pstore *s)
 				continue;
 			}
 		}
-		if (row) {
+		if (row && row_is_listed(s, row, pm)) {
 			row->seen = true;
 			continue;
 		}
+		/* A row not seen is swept below, before the new one is put. */
 		nm[nnew].pm = pm;
 		nums[nnew] = pm->n;
 		nnew++;
@@ -1198,8 +1371,7 @@ static int do_sync(struct pstore *s)
 		if (rows[i].seen)
 			continue;
 		if (cache_msg_delete(s->cache, s->spool_id, rows[i].uid) == 0) {
-			if (!kv_has(s, KV_ARCHIVED, rows[i].uidl))
-				kv_put(s, KV_UIDL, rows[i].uidl, NULL);
+			spool_forget(s, rows[i].uidl, kv_has(s, KV_ARCHIVED, rows[i].uidl));
 			emit_entry(s, s->spool_id, rows[i].name);
 		}
 	}
@@ -1343,7 +1515,7 @@ static void spool_gone(struct pstore *s, struct cache_msg *m)
 {
 	if (cache_msg_delete(s->cache, s->spool_id, m->uid) == 0) {
 		if (m->message_id)
-			kv_put(s, KV_UIDL, m->message_id, NULL);
+			spool_forget(s, m->message_id, false);
 		emit_entry(s, s->spool_id, m->name);
 	}
 }
@@ -1547,7 +1719,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 			  strerror(-r));
 		goto out;
 	}
-	kv_put(s, KV_UIDL, m.message_id, NULL);
+	spool_forget(s, m.message_id, false);
 	emit_entry(s, s->spool_id, m.name);
 	emit_entry(s, s->archive_id, archived_name);
 	crash_point(s, "after_fsync");
@@ -1581,6 +1753,42 @@ out:
 	cache_msg_clear(&m);
 }
 
+/* Does the server's message with the spool row m's UIDL have the size
+ * and headers the row was listed with (TOP n 0, where the digest is
+ * known: the recorded one, else the stored body's)?  1, 0, or a negative
+ * errno (connection). */
+static int remove_is_listed(struct pstore *s, const struct cache_msg *m)
+{
+	struct pop3_msg *pm = sess_find(&s->sess, m->message_id);
+	char digest[DIGEST_HEX + 1];
+	struct check c = { .pm = pm };
+	uint64_t size = m->cached ? UINT64_MAX : m->size;
+	int r;
+
+	if (!pm)
+		return 0;
+	if (!spool_ident_get(s, pm->uidl, &size, digest) && size == UINT64_MAX)
+		size = pm->size; /* from before identities, body stored: LIST's */
+	if (!digest[0] && m->cached)
+		body_digest(s, s->spool_id, m->uid, digest);
+	if (size != pm->size) {
+		log_warn("%s: not deleting %s: UIDL %s now names a message of another size",
+			 s->eng.server, m->name, pm->uidl);
+		return 0;
+	}
+	if (!digest[0] || !sess_has_top(s))
+		return 1;
+	r = pop3_client_batch(s->sess.client, "TOP", " 0", true, &pm->n, 1, on_top_check, &c);
+	if (r < 0)
+		return r;
+	if (c.got && strcmp(c.digest, digest)) {
+		log_warn("%s: not deleting %s: UIDL %s now names another message",
+			 s->eng.server, m->name, pm->uidl);
+		return 0;
+	}
+	return 1;
+}
+
 /* rm in spool/: DELE, committed by the QUIT that settles the waiter. */
 static void do_remove(struct pstore *s, uint32_t uid, store_done_fn *done, void *ctx)
 {
@@ -1604,6 +1812,20 @@ static void do_remove(struct pstore *s, uint32_t uid, store_done_fn *done, void 
 		spool_gone(s, &m);
 		cache_msg_clear(&m);
 		done(ctx, STORE_OK, false);
+		return;
+	}
+	r = remove_is_listed(s, &m);
+	if (r <= 0) {
+		if (r == 0) {
+			/* Another message has its UIDL now: the row goes and
+			 * the next sync offers that one. */
+			spool_gone(s, &m);
+			pthread_mutex_lock(&s->eng.lock);
+			queue_sync(s, true);
+			pthread_mutex_unlock(&s->eng.lock);
+		}
+		cache_msg_clear(&m);
+		done(ctx, r == 0 ? STORE_ERR_NOTFOUND : STORE_ERR_IO, false);
 		return;
 	}
 	r = pop3_client_dele(s->sess.client, num);
@@ -2066,6 +2288,10 @@ struct store *pop3_store_new(const struct pop3_store_opts *o, bool *auth_failed_
 	s->keep = o->keep || o->ro;
 	s->ro = o->ro;
 	s->cache = o->cache;
+	s->forget_seconds = FORGET_SECONDS;
+	crash = getenv("MAILFS_TEST_FORGET_SECONDS");
+	if (crash && *crash)
+		s->forget_seconds = strtoll(crash, NULL, 10);
 	crash = getenv("MAILFS_TEST_CRASH_AT");
 	s->crash_at = crash && *crash ? crash : NULL;
 	if (!s->url.user || !s->url.host || !s->url.scheme || !s->password ||

@@ -718,6 +718,33 @@ def test_reused_uidl_is_not_deleted_unread(user, mount):
     assert sorted(by_subject(archive(m2))) == sorted([subject_of(a), subject_of(b)])
 
 
+@pytest.mark.parametrize("size", ["same", "other"])
+def test_rm_of_a_spool_message_whose_uidl_was_reused_deletes_nothing(size, user, mount):
+    """A spool message never read; the mailbox is recreated while unmounted and b gets its
+    UIDL.  rm of a's file must not DELE b: b is offered in its place."""
+    token = "s%x" % (int(time.time() * 1000) % 0xffffff)
+    a = make_msg(token, 1)
+    b = make_msg(token, 2, body_lines=3 if size == "same" else 7)
+    assert (len(a) == len(b)) == (size == "same")
+    user.append_many("INBOX", [a])
+    first = Pop(user).uidls()
+    m = mount(user, scheme="pop3s")
+    name = by_subject(spool(m))[subject_of(a)]
+    assert not m.unmount()
+    now = recreate_inbox(user, [b], first)
+    assert sorted(now) == sorted(first), (now, first)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, debug=True)
+    if size == "other":
+        assert sorted(by_subject(spool(m2))) == [subject_of(b)], "a's row is still offered"
+    with pytest.raises(FileNotFoundError):
+        os.unlink(os.path.join(spool(m2), name))
+    time.sleep(1.5)
+    assert Pop(user).uidls() == now, "rm of a deleted b from the server"
+    assert not re.search(r"DELE \d", m2.log())
+    assert wait_for(lambda: sorted(by_subject(spool(m2))) == [subject_of(b)])
+    assert read(os.path.join(spool(m2), by_subject(spool(m2))[subject_of(b)])) == b
+
+
 def test_keep_offers_a_reused_uidl_again(user, mount):
     token = "k%x" % (int(time.time() * 1000) % 0xffffff)
     a, b = make_msg(token, 1), make_msg(token, 2)
@@ -761,30 +788,99 @@ def test_kept_message_is_still_hidden_after_remount(loaded, mount):
     assert Pop(user).uidls() == before
 
 
+def _sync_and_wait(m, log_lines):
+    """Ask for a sync through .mailfs/sync and wait until a new session listed the maildrop
+    (-d logs each UIDL command); returns the new count."""
+    with open(os.path.join(m.path, ".mailfs", "sync"), "w") as f:
+        f.write("1\n")
+    assert wait_for(lambda: m.log().count("UIDL\n") > log_lines), "no new listing"
+    time.sleep(0.5)
+    return m.log().count("UIDL\n")
+
+
 def test_record_is_forgotten_once_the_server_no_longer_lists_it(user, mount):
     """The same bytes delivered again under the same UIDL (a header-hash UIDL does this) after
-    the first copy's DELE was committed and a listing no longer had it: a new message."""
+    the first copy's DELE was committed and the listings of 3 sessions no longer had it, for
+    the grace time (made 0 here): a new message."""
     token = "f%x" % (int(time.time() * 1000) % 0xffffff)
     a = make_msg(token, 1)
     user.append_many("INBOX", [a])
     first = Pop(user).uidls()
-    m = mount(user, scheme="pop3s")
+    env = {"MAILFS_TEST_FORGET_SECONDS": "0"}
+    m = mount(user, scheme="pop3s", env=env, debug=True)
     name = by_subject(spool(m))[subject_of(a)]
     assert read(os.path.join(spool(m), name)) == a
     assert wait_for(lambda: Pop(user).uidls() == {})
     time.sleep(1.5)
-    with open(os.path.join(m.path, ".mailfs", "sync"), "w") as f:
-        f.write("1\n")  # a listing without the UIDL
-    time.sleep(2)
+    n = m.log().count("UIDL\n")
+    for _ in range(3):
+        n = _sync_and_wait(m, n)  # listings without the UIDL
     problems = m.unmount()
     assert not problems, problems
     now = recreate_inbox(user, [a], first)
     assert sorted(now) == sorted(first)
-    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, debug=True)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, debug=True, env=env)
     time.sleep(1.5)
     assert Pop(user).uidls() == now, "a message delivered again was deleted unread"
     assert not re.search(r"DELE \d", m2.log())
     assert subject_of(a) in by_subject(spool(m2))
+
+
+def _fake_maildrop(msgs):
+    """The LIST/UIDL/STAT/TOP/RETR part of a FakePop3 script for {uidl: raw} (numbered in
+    order); a test swaps it in and out of the script to change the maildrop."""
+    head = lambda raw: raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    d = {"STAT": b"+OK %d %d\r\n" % (len(msgs), sum(len(r) for r in msgs.values())),
+         "UIDL": b"+OK\r\n" + b"".join(b"%d %s\r\n" % (i + 1, u.encode())
+                                       for i, u in enumerate(msgs)) + b".\r\n",
+         "LIST": b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, len(r))
+                                       for i, r in enumerate(msgs.values())) + b".\r\n"}
+    for i, raw in enumerate(msgs.values()):
+        d["TOP %d 0" % (i + 1)] = b"+OK\r\n" + head(raw) + b".\r\n"
+        d["RETR %d" % (i + 1)] = b"+OK\r\n" + raw + b".\r\n"
+    return d
+
+
+FAKE_LOGIN = {
+    "CAPA": b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\n.\r\n",
+    "USER": b"+OK\r\n",
+    "PASS": b"+OK logged in\r\n",
+    "DELE": b"+OK marked\r\n",
+    "QUIT": b"+OK bye\r\n",
+}
+
+
+def test_keep_record_survives_a_listing_that_briefly_lacks_it(fake_pop3, mount, tmp_path):
+    """AUDIT A1 follow-up: a provider answering once with an empty maildrop must not make
+    every kept message new again."""
+    a = b"From: a@example.com\r\nSubject: kept-001\r\n\r\nread once\r\n"
+    b = b"From: b@example.com\r\nSubject: other-002\r\n\r\nnot read\r\n"
+    full = _fake_maildrop({"uid-a": a, "uid-b": b})
+    f = fake_pop3(dict(FAKE_LOGIN, **full))
+    m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
+              cafile=False, options=["insecure", "keep"], debug=True,
+              allow=[r"warning: insecure: "])
+    names = {n.split(" - ")[-1]: n for n in os.listdir(spool(m))}
+    assert read(os.path.join(spool(m), names["kept-001.eml"])) == a
+    assert wait_for(lambda: names["kept-001.eml"] in os.listdir(archive(m)))
+    time.sleep(1.5)
+    n = m.log().count("UIDL\n")
+    # One session sees an empty maildrop, one a partial one.
+    f.script.update(_fake_maildrop({}))
+    n = _sync_and_wait(m, n)
+    f.script.update(_fake_maildrop({"uid-b": b}))
+    n = _sync_and_wait(m, n)
+    f.script.update(full)
+    n = _sync_and_wait(m, n)
+    assert sorted(os.listdir(spool(m))) == [names["other-002.eml"]], \
+        "a kept message is offered again"
+    problems = m.unmount()
+    assert not problems, problems
+    m2 = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port,
+               password_file=_pwfile(tmp_path), cafile=False, cache_dir=m.cache_dir,
+               options=["insecure", "keep"], allow=[r"warning: insecure: "])
+    assert sorted(os.listdir(spool(m2))) == [names["other-002.eml"]]
+    assert "DELE" not in f.commands
 
 
 def test_old_records_without_identity_are_hidden_but_never_deleted(loaded, mount):
