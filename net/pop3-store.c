@@ -693,9 +693,35 @@ static void body_digest(struct pstore *s, int64_t folder_id, uint32_t uid,
 		close(fd);
 }
 
+/* Does the cached spool body uid hold exactly these bytes? */
+static bool body_equals(struct pstore *s, uint32_t uid, const char *p, size_t len)
+{
+	int fd = cache_body_open(s->cache, s->spool_id, uid);
+	char buf[65536];
+	size_t off = 0;
+	bool same = fd >= 0;
+
+	while (same) {
+		ssize_t got = read(fd, buf, sizeof(buf));
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			same = false;
+		if (got <= 0)
+			break;
+		same = (size_t)got <= len - off && !memcmp(buf, p + off, (size_t)got);
+		off += (size_t)got;
+	}
+	if (fd >= 0)
+		close(fd);
+	return same && off == len;
+}
+
 struct record {
 	uint32_t uid;               /* its local id (archive/ row) */
-	uint64_t size;
+	uint64_t size;              /* of the body */
+	uint64_t list_size;         /* LIST's (an estimate on some servers) */
 	char digest[DIGEST_HEX + 1]; /* "": unknown */
 	bool old;                   /* from before identities: only uid */
 };
@@ -703,30 +729,31 @@ struct record {
 static bool record_get(struct pstore *s, const char *uidl, struct record *rec)
 {
 	char key[KV_KEY_MAX], dig[DIGEST_HEX + 2] = "", *v = NULL;
-	unsigned long long id = 0, size = 0;
+	unsigned long long id = 0, size = 0, list_size = 0;
 	int k;
 
 	memset(rec, 0, sizeof(*rec));
 	snprintf(key, sizeof(key), "%s%s", KV_ARCHIVED, uidl);
 	if (cache_kv_get(s->cache, key, &v) < 0)
 		return false;
-	k = sscanf(v, "%llu %llu %33s", &id, &size, dig);
+	k = sscanf(v, "%llu %llu %33s %llu", &id, &size, dig, &list_size);
 	free(v);
 	rec->uid = id <= UINT32_MAX ? (uint32_t)id : 0;
 	rec->old = k < 2;
 	rec->size = size;
-	if (k == 3 && strlen(dig) == DIGEST_HEX)
+	rec->list_size = k == 4 ? list_size : size;
+	if (k >= 3 && strlen(dig) == DIGEST_HEX)
 		strcpy(rec->digest, dig);
 	return true;
 }
 
 static int record_put(struct pstore *s, const char *uidl, uint32_t uid, uint64_t size,
-		      const char *digest)
+		      const char *digest, uint64_t list_size)
 {
-	char v[80];
+	char v[104];
 
-	snprintf(v, sizeof(v), "%" PRIu32 " %" PRIu64 " %s", uid, size,
-		 digest[0] ? digest : "-");
+	snprintf(v, sizeof(v), "%" PRIu32 " %" PRIu64 " %s %" PRIu64, uid, size,
+		 digest[0] ? digest : "-", list_size);
 	return kv_put(s, KV_ARCHIVED, uidl, v);
 }
 
@@ -952,10 +979,10 @@ static int same_message(struct pstore *s, struct pop3_msg *pm, uint64_t size, co
 
 	if (pm->size != size)
 		return 0;
-	if (pm->retrieved)
-		return 1; /* RETR'd in this session: numbers hold until QUIT */
-	if (!digest[0])
-		return 0;
+	/* RETR'd in this session: numbers hold until QUIT; still, TOP
+	 * shows the body is not another command's answer. */
+	if (!digest[0] || !sess_has_top(s))
+		return pm->retrieved;
 	r = pop3_client_batch(s->sess.client, "TOP", " 0", true, &pm->n, 1, on_top_check, &c);
 	if (r < 0)
 		return r;
@@ -1240,18 +1267,20 @@ static int judge_record(struct pstore *s, struct pop3_msg *pm, const struct reco
 
 	if (rec->old) {
 		/* Recorded before identities: hidden while its archived copy
-		 * has this size, and never deleted again. */
-		if (archived_size(s, rec->uid) == pm->size)
+		 * has this size, and never deleted again.  A kept one was
+		 * never deleted, so hiding it risks nothing: it stays hidden
+		 * when its archived copy was removed (rm in archive/). */
+		if (kept || archived_size(s, rec->uid) == pm->size)
 			return 1;
 		log_info("%s: UIDL %s was consumed, but its archived copy is gone or of another "
 			 "size; offering the server's message", s->eng.server, pm->uidl);
 		record_drop(s, pm->uidl);
 		return 0;
 	}
-	if (rec->size != pm->size) {
+	if (rec->list_size != pm->size) {
 		log_info("%s: UIDL %s now names another message than the one consumed (%" PRIu64
 			 " bytes, not %" PRIu64 "); offering it", s->eng.server, pm->uidl,
-			 (uint64_t)pm->size, rec->size);
+			 (uint64_t)pm->size, rec->list_size);
 		record_drop(s, pm->uidl);
 		return 0;
 	}
@@ -1650,6 +1679,55 @@ static bool archive_holds(struct pstore *s, uint32_t uid, const char *name)
 	return ok;
 }
 
+struct confirm_ctx {
+	struct pstore *s;
+	const struct cache_msg *m;
+	bool same;
+};
+
+static int on_retr_confirm(void *ctx, size_t index, int result, const struct pop3_response *resp)
+{
+	struct confirm_ctx *cc = ctx;
+
+	(void)index;
+	cc->same = result == POP3_RESULT_OK && resp->body_len == cc->m->size &&
+		   body_equals(cc->s, cc->m->uid, resp->body, resp->body_len);
+	return 0;
+}
+
+/* A body whose size was not LIST's (AUDIT A3): LIST sizes are estimates
+ * on some servers (Exchange, Microsoft 365).  A RETR of that message
+ * alone, nothing else in flight, cannot be another command's answer: if
+ * it gives the same bytes, and its headers are TOP's where TOP works,
+ * the body is whole and the message's.  1, 0, or a negative errno. */
+static int body_confirmed(struct pstore *s, const struct cache_msg *m, const char *digest)
+{
+	struct confirm_ctx cc = { .s = s, .m = m };
+	struct check c;
+	struct pop3_msg *pm;
+	int r;
+
+	if (session_need(s) < 0)
+		return -ENOTCONN;
+	pm = sess_find(&s->sess, m->message_id);
+	if (!pm)
+		return 0;
+	r = pop3_client_batch(s->sess.client, "RETR", "", true, &pm->n, 1, on_retr_confirm, &cc);
+	if (r < 0 || !cc.same)
+		return r < 0 ? r : 0;
+	if (sess_has_top(s)) {
+		memset(&c, 0, sizeof(c));
+		r = pop3_client_batch(s->sess.client, "TOP", " 0", true, &pm->n, 1, on_top_check, &c);
+		if (r < 0)
+			return r;
+		if (!c.got || strcmp(c.digest, digest))
+			return 0;
+	}
+	log_info("%s: message %s: RETR gave the same %" PRIu64 " bytes twice; LIST's size is "
+		 "taken as an estimate", s->eng.server, m->name, m->size);
+	return 1;
+}
+
 static void do_consume(struct pstore *s, uint32_t uid)
 {
 	struct cache_msg m;
@@ -1691,16 +1769,20 @@ static void do_consume(struct pstore *s, uint32_t uid)
 			return;
 	}
 	crash_point(s, "after_retr");
-	if (kv_has(s, KV_BADSIZE, m.message_id)) {
+	body_digest(s, s->spool_id, uid, digest);
+	if (kv_has(s, KV_BADSIZE, m.message_id) && (r = body_confirmed(s, &m, digest)) <= 0) {
 		log_debug("%s: not consuming %s: its body disagreed with LIST", s->eng.server,
 			  m.name);
 		goto out;
 	}
+	uint64_t list_size = m.size;
+	char listed_digest[DIGEST_HEX + 1];
+
+	spool_ident_get(s, m.message_id, &list_size, listed_digest);
 	/* Recorded with what was consumed before the move; a record whose
 	 * uid is still in spool/ (the move did not happen) counts for
 	 * nothing. */
-	body_digest(s, s->spool_id, uid, digest);
-	if (record_put(s, m.message_id, uid, m.size, digest) < 0 ||
+	if (record_put(s, m.message_id, uid, m.size, digest, list_size) < 0 ||
 	    (s->keep && kv_put(s, KV_CONSUMED, m.message_id, "1") < 0)) {
 		record_drop(s, m.message_id);
 		log_error("%s: cannot record %s as consumed; it stays in spool/", s->eng.server,
@@ -1733,7 +1815,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	struct pop3_msg *pm = sess_find(&s->sess, m.message_id);
 	if (!pm)
 		goto out; /* gone from the server already */
-	r = same_message(s, pm, m.size, digest);
+	r = same_message(s, pm, list_size, digest);
 	if (r <= 0) {
 		if (r == 0)
 			log_warn("%s: not deleting %s from the server: its UIDL %s may name another "

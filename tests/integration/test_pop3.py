@@ -599,11 +599,14 @@ def test_ro_mount_does_not_finish_an_earlier_consume(loaded, mount):
 
 
 def test_body_that_disagrees_with_list_is_never_deleted(fake_pop3, mount, tmp_path):
-    """AUDIT A3: a RETR body whose size is not LIST's (a cut or shifted answer) can be read,
-    but is never consumed: not archived, no DELE.  The message that agrees is consumed."""
+    """AUDIT A3: a RETR body whose size is not LIST's, and whose headers are not TOP's (a cut
+    or shifted answer) can be read, but is never consumed: not archived, no DELE.  The
+    message that agrees is consumed."""
     bad = b"From: a@example.com\r\nSubject: bad-001\r\n\r\nshorter than LIST says\r\n"
     good = b"From: b@example.com\r\nSubject: good-002\r\n\r\nexactly as LIST says\r\n"
     head = lambda raw: raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    # The server's own message 1 has a Message-ID the answer lacks.
+    top1 = head(bad)[:-2] + b"Message-ID: <one@example.com>\r\n\r\n"
     f = fake_pop3({
         "CAPA": b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\n.\r\n",
         "USER": b"+OK\r\n",
@@ -611,7 +614,7 @@ def test_body_that_disagrees_with_list_is_never_deleted(fake_pop3, mount, tmp_pa
         "STAT": b"+OK 2 %d\r\n" % (len(bad) + 20 + len(good)),
         "UIDL": b"+OK\r\n1 uid-bad\r\n2 uid-good\r\n.\r\n",
         "LIST": b"+OK\r\n1 %d\r\n2 %d\r\n.\r\n" % (len(bad) + 20, len(good)),
-        "TOP 1 0": b"+OK\r\n" + head(bad) + b".\r\n",
+        "TOP 1 0": b"+OK\r\n" + top1 + b".\r\n",
         "TOP 2 0": b"+OK\r\n" + head(good) + b".\r\n",
         "RETR 1": b"+OK\r\n" + bad + b".\r\n",
         "RETR 2": b"+OK\r\n" + good + b".\r\n",
@@ -620,7 +623,8 @@ def test_body_that_disagrees_with_list_is_never_deleted(fake_pop3, mount, tmp_pa
     })
     m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
               cafile=False, options=["insecure"],
-              allow=[r"warning: insecure: ", r"LIST said \d+ bytes"])
+              allow=[r"warning: insecure: ", r"LIST said \d+ bytes",
+                     r"may name another message now"])
     names = {n.split(" - ")[-1]: n for n in os.listdir(spool(m))}
     assert sorted(names) == ["bad-001.eml", "good-002.eml"], names
     assert read(os.path.join(spool(m), names["bad-001.eml"])) == bad
@@ -636,6 +640,52 @@ def test_body_that_disagrees_with_list_is_never_deleted(fake_pop3, mount, tmp_pa
     assert not problems, problems
     assert "DELE 1" not in f.lines, f.lines
     assert "RETR 1" in f.lines and "QUIT" in f.commands
+
+
+def test_estimated_list_sizes_still_consume(fake_pop3, mount, tmp_path):
+    """Exchange / Microsoft 365 give LIST sizes that are estimates: a body that RETR gives
+    twice the same, with TOP's headers, is whole; it is consumed (archived, DELE), with one
+    warning."""
+    one = b"From: a@example.com\r\nSubject: est-001\r\nDate: Mon, 02 Jun 2025 10:00:00 +0000" \
+          b"\r\n\r\nLIST said more\r\n"
+    two = b"From: b@example.com\r\nSubject: est-002\r\n\r\nLIST said less\r\n"
+    script = dict(FAKE_LOGIN, **_fake_maildrop({"uid-1": one, "uid-2": two}))
+    script["LIST"] = b"+OK\r\n1 %d\r\n2 %d\r\n.\r\n" % (len(one) + 40, len(two) - 5)
+    f = fake_pop3(script)
+    m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
+              cafile=False, options=["insecure"],
+              allow=[r"warning: insecure: ", r"LIST said \d+ bytes"])
+    names = {n.split(" - ")[-1]: n for n in os.listdir(spool(m))}
+    assert read(os.path.join(spool(m), names["est-001.eml"])) == one
+    assert read(os.path.join(spool(m), names["est-002.eml"])) == two
+    assert wait_for(lambda: sorted(os.listdir(archive(m))) == sorted(names.values())), \
+        "a message with an estimated LIST size is never consumed"
+    assert wait_for(lambda: "DELE 1" in f.lines and "DELE 2" in f.lines), f.lines
+    assert read(os.path.join(archive(m), names["est-001.eml"])) == one
+    problems = m.unmount()
+    assert not problems, problems
+    assert len(re.findall(r"LIST said", m.log())) == 2, m.log()
+
+
+def test_body_of_list_size_with_other_headers_than_top_is_not_deleted(fake_pop3, mount,
+                                                                       tmp_path):
+    """A RETR answer of LIST's size whose headers are not TOP's (a mixed-up answer) must not
+    lead to a DELE of that number."""
+    real = b"From: a@example.com\r\nSubject: mix-001\r\nMessage-ID: <a@x>\r\n\r\nreal\r\n"
+    other = b"From: z@example.com\r\nSubject: mix-001\r\nMessage-ID: <z@x>\r\n\r\nelse\r\n"
+    assert len(real) == len(other)
+    script = dict(FAKE_LOGIN, **_fake_maildrop({"uid-1": real}))
+    script["RETR 1"] = b"+OK\r\n" + other + b".\r\n"
+    f = fake_pop3(script)
+    m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
+              cafile=False, options=["insecure"],
+              allow=[r"warning: insecure: ", r"may name another message now"])
+    name = os.listdir(spool(m))[0]
+    assert read(os.path.join(spool(m), name)) == other
+    time.sleep(3)
+    problems = m.unmount()
+    assert not problems, problems
+    assert "DELE 1" not in f.lines, f.lines
 
 
 def test_dot_line_after_bare_lf_does_not_shift_answers(fake_pop3, mount, tmp_path):
@@ -733,7 +783,8 @@ def test_rm_of_a_spool_message_whose_uidl_was_reused_deletes_nothing(size, user,
     assert not m.unmount()
     now = recreate_inbox(user, [b], first)
     assert sorted(now) == sorted(first), (now, first)
-    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, debug=True)
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, debug=True,
+               allow=[r"not deleting .*: UIDL \S+ now names another message"])
     if size == "other":
         assert sorted(by_subject(spool(m2))) == [subject_of(b)], "a's row is still offered"
     with pytest.raises(FileNotFoundError):
@@ -920,6 +971,32 @@ def test_old_records_without_identity_are_hidden_but_never_deleted(loaded, mount
 
 # --------------------------------------------------------------------------
 # the archive is state, not cache (AUDIT A6)
+
+def test_old_keep_record_stays_hidden_after_rm_in_archive(loaded, mount):
+    """A keep record from before identities (value: the local id alone) whose archived copy
+    the user removed: the message was never deleted, so it stays hidden, not offered again."""
+    import sqlite3
+    user, token, msgs = loaded
+    before = Pop(user).uidls()
+    m = mount(user, scheme="pop3s", options=["keep"])
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    assert read(os.path.join(spool(m), names[subj])) == msgs[subj]
+    assert wait_for(lambda: names[subj] in os.listdir(archive(m)))
+    os.unlink(os.path.join(archive(m), names[subj]))
+    assert not m.unmount()
+    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    db = sqlite3.connect(os.path.join(store, "index.sqlite"))
+    rows = db.execute("SELECT key, value FROM kv WHERE key LIKE 'pop3.archived.%'").fetchall()
+    assert len(rows) == 1, rows
+    db.execute("UPDATE kv SET value = ? WHERE key = ?", (rows[0][1].split()[0], rows[0][0]))
+    db.commit()
+    db.close()
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, options=["keep"])
+    assert sorted(by_subject(spool(m2))) == sorted(names)[1:], "a kept message came back"
+    assert os.listdir(archive(m2)) == []
+    assert Pop(user).uidls() == before
+
 
 def _account_dir(m):
     """USER@HOST:PORT of a mount's source, the store's directory name."""
