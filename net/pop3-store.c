@@ -1123,20 +1123,23 @@ static int on_top(void *ctx, size_t index, int result, const struct pop3_respons
 	return 0;
 }
 
-/* The local id of a UIDL: the one it had, or the next.  In a cache batch. */
-static uint32_t local_id(struct pstore *s, const char *uidl)
+/* Does archive/ have a message with this local id? */
+static bool archive_has_id(struct pstore *s, uint32_t id)
 {
-	char key[sizeof(KV_UIDL) + POP3_UIDL_MAX + 1], *v = NULL, buf[24];
+	struct cache_msg a;
+
+	if (cache_msg_get(s->cache, s->archive_id, id, &a) < 0)
+		return false;
+	cache_msg_clear(&a);
+	return true;
+}
+
+/* A local id never given before (0: none left, or the cache failed). */
+static uint32_t next_id(struct pstore *s)
+{
+	char *v = NULL, buf[24];
 	unsigned long long id = 0;
 
-	snprintf(key, sizeof(key), "%s%s", KV_UIDL, uidl);
-	if (cache_kv_get(s->cache, key, &v) == 0) {
-		id = strtoull(v, NULL, 10);
-		free(v);
-		if (id > 0 && id <= UINT32_MAX)
-			return (uint32_t)id;
-	}
-	v = NULL;
 	if (cache_kv_get(s->cache, KV_NEXT_ID, &v) == 0)
 		id = strtoull(v, NULL, 10);
 	free(v);
@@ -1146,6 +1149,27 @@ static uint32_t local_id(struct pstore *s, const char *uidl)
 		return 0;
 	snprintf(buf, sizeof(buf), "%llu", id + 1);
 	if (cache_kv_set(s->cache, KV_NEXT_ID, buf) < 0)
+		return 0;
+	return (uint32_t)id;
+}
+
+/* The local id of a UIDL: the one it had, or the next.  A mapping whose
+ * id archive/ holds is stale (a kill between the archive move and its
+ * removal): the message would never be archived.  In a cache batch. */
+static uint32_t local_id(struct pstore *s, const char *uidl)
+{
+	char key[sizeof(KV_UIDL) + POP3_UIDL_MAX + 1], *v = NULL, buf[24];
+	unsigned long long id = 0;
+
+	snprintf(key, sizeof(key), "%s%s", KV_UIDL, uidl);
+	if (cache_kv_get(s->cache, key, &v) == 0) {
+		id = strtoull(v, NULL, 10);
+		free(v);
+		if (id > 0 && id <= UINT32_MAX && !archive_has_id(s, (uint32_t)id))
+			return (uint32_t)id;
+	}
+	id = next_id(s);
+	if (id == 0)
 		return 0;
 	snprintf(buf, sizeof(buf), "%llu", id);
 	if (cache_kv_set(s->cache, key, buf) < 0)
@@ -1355,7 +1379,7 @@ static int do_sync(struct pstore *s)
 		struct record rec;
 		bool has = record_get(s, pm->uidl, &rec);
 
-		if (has && row && row->uid == rec.uid) {
+		if (has && row && (row->uid == rec.uid || !archive_has_id(s, rec.uid))) {
 			/* A consume that stopped before its move: not consumed. */
 			record_drop(s, pm->uidl);
 			has = false;
@@ -1629,24 +1653,37 @@ static void do_fetch(struct pstore *s, uint32_t uid)
 
 /* ---- consume and remove ---- */
 
-/* The archive's name for a message: its spool name, or with a suffix
- * when taken. */
-static int archive_move(struct pstore *s, const struct cache_msg *m, char **name_r)
+/* A local id for spool message uid in archive/: its own, unless archive/
+ * holds that already (a stale UIDL mapping from an earlier version). */
+static uint32_t archive_uid(struct pstore *s, uint32_t uid)
+{
+	for (int tries = 0; tries < 16 && uid != 0 && archive_has_id(s, uid); tries++)
+		uid = next_id(s);
+	return uid != 0 && !archive_has_id(s, uid) ? uid : 0;
+}
+
+/* Move spool message m to archive/ as to_uid, under its spool name, or
+ * with a suffix when that name is taken.  -EADDRINUSE: to_uid is taken
+ * (not a name clash: no other name would help). */
+static int archive_move(struct pstore *s, const struct cache_msg *m, uint32_t to_uid,
+			char **name_r)
 {
 	const char *name = m->name;
 	size_t blen = strlen(name);
 	int r;
 
+	if (archive_has_id(s, to_uid))
+		return -EADDRINUSE;
 	if (blen > 4 && !strcmp(name + blen - 4, ".eml"))
 		blen -= 4;
-	r = cache_msg_move(s->cache, s->spool_id, m->uid, s->archive_id, m->uid, name);
+	r = cache_msg_move(s->cache, s->spool_id, m->uid, s->archive_id, to_uid, name);
 	for (unsigned k = 2; r == -EEXIST && k < 10000; k++) {
 		char alt[300];
 
 		if (blen > 236)
 			blen = 236;
 		snprintf(alt, sizeof(alt), "%.*s (%u).eml", (int)blen, name, k);
-		r = cache_msg_move(s->cache, s->spool_id, m->uid, s->archive_id, m->uid, alt);
+		r = cache_msg_move(s->cache, s->spool_id, m->uid, s->archive_id, to_uid, alt);
 		if (r == 0) {
 			*name_r = strdup(alt);
 			return 0;
@@ -1777,12 +1814,18 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	}
 	uint64_t list_size = m.size;
 	char listed_digest[DIGEST_HEX + 1];
+	uint32_t auid = archive_uid(s, uid);
 
+	if (auid == 0) {
+		log_error("%s: no local id is free to archive %s; it stays in spool/",
+			  s->eng.server, m.name);
+		goto out;
+	}
 	spool_ident_get(s, m.message_id, &list_size, listed_digest);
 	/* Recorded with what was consumed before the move; a record whose
 	 * uid is still in spool/ (the move did not happen) counts for
 	 * nothing. */
-	if (record_put(s, m.message_id, uid, m.size, digest, list_size) < 0 ||
+	if (record_put(s, m.message_id, auid, m.size, digest, list_size) < 0 ||
 	    (s->keep && kv_put(s, KV_CONSUMED, m.message_id, "1") < 0)) {
 		record_drop(s, m.message_id);
 		log_error("%s: cannot record %s as consumed; it stays in spool/", s->eng.server,
@@ -1793,7 +1836,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	 * archive folder is local-only as well). */
 	r = cache_msg_set_pinned(s->cache, s->spool_id, uid, true);
 	if (r == 0)
-		r = archive_move(s, &m, &archived_name);
+		r = archive_move(s, &m, auid, &archived_name);
 	if (r < 0) {
 		cache_msg_set_pinned(s->cache, s->spool_id, uid, false);
 		record_drop(s, m.message_id);
@@ -1808,7 +1851,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	if (s->keep)
 		goto out;
 	/* Now, and only now, the server's copy may go. */
-	if (!archive_holds(s, uid, archived_name ? archived_name : m.name))
+	if (!archive_holds(s, auid, archived_name ? archived_name : m.name))
 		goto out;
 	if (session_need(s) < 0)
 		goto out; /* the next sync deletes it */

@@ -998,6 +998,40 @@ def test_old_keep_record_stays_hidden_after_rm_in_archive(loaded, mount):
     assert Pop(user).uidls() == before
 
 
+def test_stale_uidl_mapping_does_not_block_the_archive(loaded, mount):
+    """A pop3.uidl.<U> mapping left behind (a kill between the archive move and its removal)
+    gives a later message with UIDL U a local id archive/ already has: it must still be
+    archived when read, not stay in spool/ for ever."""
+    import sqlite3
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    done = _consume(m, msgs, 1)
+    assert wait_for(lambda: len(Pop(user).uidls()) == 4)
+    assert not m.unmount()
+    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    db = sqlite3.connect(os.path.join(store, "index.sqlite"))
+    (taken,) = db.execute("SELECT value FROM kv WHERE key LIKE 'pop3.archived.%'").fetchone()
+    taken = taken.split()[0]
+    spool_id, = db.execute("SELECT id FROM folders WHERE name = 'spool'").fetchone()
+    uid, uidl, name = db.execute("SELECT uid, message_id, name FROM messages WHERE folder_id = ?"
+                                 " ORDER BY name LIMIT 1", (spool_id,)).fetchone()
+    # The next sync sees UIDL uidl as new, and its mapping points at the archived id.
+    db.execute("DELETE FROM messages WHERE folder_id = ? AND uid = ?", (spool_id, uid))
+    db.execute("DELETE FROM kv WHERE key = ?", ("pop3.spool." + uidl,))
+    db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", ("pop3.uidl." + uidl, taken))
+    db.commit()
+    db.close()
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir)
+    assert name in os.listdir(spool(m2))
+    subj = re.search(r"- (\S+-\d{3})", name).group(1)
+    assert read(os.path.join(spool(m2), name)) == msgs[subj]
+    assert wait_for(lambda: name in os.listdir(archive(m2))), "stuck in spool/"
+    assert wait_for(lambda: uidl not in Pop(user).uidls())
+    assert sorted(os.listdir(archive(m2))) == sorted(list(done.values()) + [name])
+    for subj2, n2 in done.items():
+        assert read(os.path.join(archive(m2), n2)) == msgs[subj2]
+
+
 def _account_dir(m):
     """USER@HOST:PORT of a mount's source, the store's directory name."""
     return re.match(r"pop3s?://(.*)$", m.source).group(1)
