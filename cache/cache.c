@@ -2962,6 +2962,22 @@ static int cache_store_move_entries(int from_fd, int staging_fd,
 	return 0;
 }
 
+bool cache_store_is_old(const char *from, const char *to, const char *folder)
+{
+	char *path = NULL;
+	bool to_has;
+
+	if (asprintf(&path, "%s/" CACHE_INDEX_NAME, to) < 0)
+		return false;
+	to_has = access(path, F_OK) == 0;
+	free(path);
+	if (to_has || asprintf(&path, "%s/" CACHE_INDEX_NAME, from) < 0)
+		return false;
+	to_has = access(path, F_OK) == 0; /* from's, now */
+	free(path);
+	return to_has && cache_store_has_folder(from, folder);
+}
+
 int cache_store_move(const char *from, const char *to, const char *folder,
 		     const char **error_r)
 {

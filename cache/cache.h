@@ -222,6 +222,9 @@ int cache_msg_move(struct cache *cache, int64_t folder_id, uint32_t uid,
  * -EXDEV across file systems; *error_r says what to do.  Call before
  * cache_open(to).  Test hook: MAILFS_TEST_CRASH_AT=store_move kills the
  * process after the bodies moved and before the index did. */
+/* Whether from holds a store with that folder and to none: the store a
+ * cache_store_move would move (read-only: nothing is changed). */
+bool cache_store_is_old(const char *from, const char *to, const char *folder);
 int cache_store_move(const char *from, const char *to, const char *folder,
 		     const char **error_r);
 

@@ -398,6 +398,35 @@ static void die(const char *fmt, ...)
 	exit(1);
 }
 
+/* Move an earlier mailfs's POP3 store from the cache directory to the
+ * data directory; true when it is to be used where it is instead: under
+ * ro (which changes nothing, not even where the store is), or when the
+ * two are on different file systems (a move would be a copy: left to the
+ * user, with one warning).  Dies when the move fails otherwise. */
+static bool pop3_store_stays(const char *cache_dir, const char *data_dir, bool ro)
+{
+	const char *err = NULL;
+	char *staging = NULL;
+	int r;
+
+	if (ro)
+		return cache_store_is_old(cache_dir, data_dir, POP3_ARCHIVE_SERVER_NAME);
+	r = cache_store_move(cache_dir, data_dir, POP3_ARCHIVE_SERVER_NAME, &err);
+	if (r == 0)
+		return false;
+	if (r != -EXDEV)
+		die("%s", err);
+	/* Nothing moved; the empty staging directory goes. */
+	if (asprintf(&staging, "%s.moving", data_dir) >= 0) {
+		rmdir(staging);
+		free(staging);
+	}
+	log_warn("the archive in %s stays there: %s is on another file system. To move it, "
+		 "unmount, then move the directory's contents by hand (mv %s %s) and mount again",
+		 cache_dir, data_dir, cache_dir, data_dir);
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -462,10 +491,12 @@ int main(int argc, char **argv)
 
 		if (!data_dir)
 			die("no data directory: set HOME or give -o data_dir=DIR");
-		if (cache_store_move(cache_dir, data_dir, POP3_ARCHIVE_SERVER_NAME, &err) < 0)
-			die("%s", err);
-		free(cache_dir);
-		cache_dir = data_dir;
+		if (pop3_store_stays(cache_dir, data_dir, cfg.ro)) {
+			free(data_dir);
+		} else {
+			free(cache_dir);
+			cache_dir = data_dir;
+		}
 	}
 
 	struct password_opts po = { .command = cfg.password_command, .file = cfg.password_file };

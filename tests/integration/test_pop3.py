@@ -1136,6 +1136,54 @@ def test_archive_in_an_old_cache_dir_is_moved_to_the_data_dir(loaded, mounter, t
     assert sorted(os.listdir(archive(m2))) == sorted(list(done.values()) + list(more.values()))
 
 
+def test_ro_mount_uses_an_old_store_in_place(loaded, mounter, tmp_path):
+    """-o ro changes nothing, not even where the store is: an old store in the cache dir is
+    read where it is, not moved."""
+    user, token, msgs = loaded
+    cache_dir = str(tmp_path / "old-cache")
+    done = _old_layout(mounter, user, msgs, cache_dir, 2)
+    before = sorted(_store_files(cache_dir).items())
+    m = mounter.mount(user, scheme="pop3s", cache_dir=cache_dir, options=["ro"])
+    assert sorted(os.listdir(archive(m))) == sorted(done.values())
+    for subj, name in done.items():
+        assert read(os.path.join(archive(m), name)) == msgs[subj]
+    assert sorted(by_subject(spool(m))) == sorted(s for s in msgs if s not in done)
+    assert not m.unmount()
+    assert os.path.exists(os.path.join(cache_dir, "index.sqlite")), "ro moved the store"
+    assert sorted(_store_files(cache_dir).items()) == before
+    data = os.path.join(mounter.base_dir, "data", "mailfs", _account_dir(m))
+    assert not os.path.exists(os.path.join(data, "index.sqlite"))
+
+
+def test_old_store_on_another_file_system_is_used_in_place(loaded, mounter, tmp_path):
+    """The data dir on another file system than the old cache dir (a move would be a copy):
+    the mount goes on with the store where it is, and one warning says how to move it."""
+    user, token, msgs = loaded
+    cache_dir = str(tmp_path / "old-cache")
+    done = _old_layout(mounter, user, msgs, cache_dir, 2)
+    data_home = str(tmp_path / "xdg-data")
+    os.mkdir(data_home)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", data_home],
+                   check=True)
+    try:
+        m = mounter.mount(user, scheme="pop3s", cache_dir=cache_dir,
+                          env={"XDG_DATA_HOME": data_home},
+                          allow=[r"stays there: .* is on another file system"])
+        assert sorted(os.listdir(archive(m))) == sorted(done.values())
+        for subj, name in done.items():
+            assert read(os.path.join(archive(m), name)) == msgs[subj]
+        more = _consume(m, msgs, 1)
+        assert not m.unmount()
+        log = m.log()
+        assert len(re.findall(r"on another file system", log)) == 1, log
+        assert "mv %s " % cache_dir in log, log
+        assert os.path.exists(os.path.join(cache_dir, "index.sqlite"))
+        files = _store_files(cache_dir).values()
+        assert all(msgs[s] in files for s in list(done) + list(more))
+    finally:
+        subprocess.run(["umount", "-l", data_home])
+
+
 def test_kill_during_the_archive_move_loses_nothing(loaded, mounter, tmp_path):
     user, token, msgs = loaded
     cache_dir = str(tmp_path / "old-cache")
