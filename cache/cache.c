@@ -215,10 +215,14 @@ static const char *const cache_stmt_sql[ST_COUNT] = {
 	/* Matches the partial index messages_lru.  Local folders are left
 	 * out here, not only by their rows' pinned flag: one write that did
 	 * not happen must not cost the only copy. */
+	/* Nor a POP3 archive not yet marked local: an earlier mailfs's,
+	 * at the first open, before the POP3 store sets the flag. */
 	[ST_BODY_VICTIMS] = "SELECT folder_id, uid, size FROM messages "
 			    "WHERE cached = 1 AND pinned = 0 "
 			    "AND folder_id NOT IN (SELECT id FROM folders "
-			    "WHERE flags & " LOCAL_FLAG_SQL ") "
+			    "WHERE flags & " LOCAL_FLAG_SQL " OR "
+			    "substr(server_name, 1, 13) = "
+			    "char(1) || 'pop3:archive') "
 			    "ORDER BY atime LIMIT ?1",
 	[ST_KV_GET] = "SELECT value FROM kv WHERE key = ?1",
 	[ST_KV_SET] = "INSERT INTO kv (key, value) VALUES (?1, ?2) "
@@ -1317,6 +1321,9 @@ static bool cache_folder_exists(struct cache *cache, int64_t folder_id)
 static void cache_sweep_folder(struct cache *cache, int64_t folder_id,
 			       const char *dname)
 {
+	/* A local-only folder's body may be the only copy: a doubt (an
+	 * index error) keeps it, and so does the folder being local. */
+	bool local = cache_folder_local(cache, folder_id);
 	struct dirent *de;
 	DIR *d;
 	int fd;
@@ -1339,12 +1346,14 @@ static void cache_sweep_folder(struct cache *cache, int64_t folder_id,
 			continue;
 		if (strncmp(de->d_name, CACHE_TMP_PREFIX,
 			    strlen(CACHE_TMP_PREFIX)) != 0) {
-			if (!cache_parse_u64(de->d_name, &uid) ||
+			int st;
+
+			if (local || !cache_parse_u64(de->d_name, &uid) ||
 			    uid > UINT32_MAX)
 				continue;
-			if (cache_body_state(cache, folder_id, (uint32_t)uid,
-					     &cached, &size) == 0 &&
-			    cached)
+			st = cache_body_state(cache, folder_id, (uint32_t)uid,
+					      &cached, &size);
+			if (st != -ENOENT && (st < 0 || cached))
 				continue;
 		}
 		if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT)

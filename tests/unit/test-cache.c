@@ -1120,6 +1120,59 @@ static void test_local_folders(void)
 	free(dir);
 }
 
+/* Write a body file behind the cache's back (no row marks it). */
+static void test_plant(const char *dir, int64_t folder, uint32_t uid)
+{
+	char rel[64], *path;
+	FILE *f;
+
+	snprintf(rel, sizeof(rel), "bodies/%" PRId64 "/%" PRIu32, folder, uid);
+	path = test_path(dir, rel);
+	f = fopen(path, "w");
+	CHECK(f != NULL);
+	if (f) {
+		fputs("only copy", f);
+		fclose(f);
+	}
+	free(path);
+}
+
+/* An earlier mailfs's POP3 archive is not marked local until the POP3
+ * store opens it: the open must not evict its (unpinned) bodies first.
+ * And the sweep at open never removes a body file of a local folder,
+ * which may be the only copy; elsewhere it still removes strays. */
+static void test_old_archive_at_open(void)
+{
+	char *dir = test_dir("old-archive-open"), rel[64];
+	struct cache *cache = test_open(dir, 1u << 30);
+	int64_t old = 0, local = 0, other = test_folder(cache, "INBOX");
+
+	CHECK(cache_folder_put(cache, 0, "archive", "\x01pop3:archive", 0, &old) == 0);
+	CHECK(cache_folder_put(cache, 0, "kept", "\x01test:kept", CACHE_FOLDER_LOCAL,
+			       &local) == 0);
+	for (uint32_t uid = 1; uid <= 3; uid++) {
+		CHECK(test_put(cache, old, uid, NULL, "a", 1000, NULL) == 0);
+		CHECK(test_store(cache, old, uid, 1000, 'a') == 0);
+	}
+	CHECK(test_put(cache, local, 1, NULL, "k", 1000, NULL) == 0);
+	CHECK(test_store(cache, local, 1, 1000, 'k') == 0);
+	CHECK(test_put(cache, other, 1, NULL, "m", 1000, NULL) == 0);
+	CHECK(test_store(cache, other, 1, 1000, 'm') == 0);
+	cache_close(&cache);
+	test_plant(dir, local, 77);
+	test_plant(dir, other, 77);
+	cache = test_open(dir, 0);
+	for (uint32_t uid = 1; uid <= 3; uid++)
+		CHECK(test_cached(cache, old, uid));
+	CHECK(!test_cached(cache, other, 1));
+	snprintf(rel, sizeof(rel), "bodies/%" PRId64 "/77", local);
+	CHECK(test_exists(dir, rel));
+	snprintf(rel, sizeof(rel), "bodies/%" PRId64 "/77", other);
+	CHECK(!test_exists(dir, rel));
+	cache_close(&cache);
+	free(dir);
+}
+
 /* Change a body file behind the cache's back: cut it to len bytes. */
 static void test_damage(const char *dir, int64_t folder, uint32_t uid,
 			off_t len)
@@ -1742,6 +1795,7 @@ int main(void)
 	test_reset_delete();
 	test_lru();
 	test_local_folders();
+	test_old_archive_at_open();
 	test_damaged_bodies();
 	test_store_move();
 	test_timing();
