@@ -22,8 +22,10 @@
  * repaired by every sync, which deletes (or, with keep, hides) a server
  * message whose UIDL is recorded and whose size and header digest are the
  * archived one's, so it is never offered or archived twice.  A record goes
- * once a listing lacks its UIDL; a listed UIDL with another identity is a
- * new message (RFC 1939 lets a server reuse a UIDL) and is offered. */
+ * once the listings of 3 sessions over 24 h lacked its UIDL; a listed UIDL
+ * with another identity is a new message (RFC 1939 lets a server reuse a
+ * UIDL) and is offered.  A spool row keeps the identity it was listed
+ * with, so that rm DELEs only that message. */
 #include "pop3-store.h"
 
 #include <errno.h>
@@ -55,9 +57,11 @@
 #define KV_NEXT_ID "pop3.next_id"
 #define KV_UIDL "pop3.uidl."
 /* A consumed UIDL and the identity of what was consumed under it:
- * "<local id> <size> <digest>" ("-": no digest); written before identities
- * were recorded: "<local id>" alone.  Dropped once a listing lacks the
- * UIDL: the server may then give it to another message (RFC 1939). */
+ * "<local id> <size> <digest> <LIST size>" ("-": no digest; the LIST size
+ * is missing in records from before it was kept: then the size); written
+ * before identities were recorded: "<local id>" alone.  Dropped once the
+ * listings have lacked the UIDL for a while (KV_MISSING): the server may
+ * then give it to another message (RFC 1939). */
 #define KV_ARCHIVED "pop3.archived."
 #define KV_CONSUMED "pop3.consumed."
 /* A recorded UIDL the listings lack: "<since> <sessions>".  A server
@@ -630,10 +634,11 @@ static void parse_from(const char *v, char **name_r, char **addr_r)
  * A UIDL names a message only while that message exists: a recreated or
  * migrated maildrop, or a header-hash UIDL, can give it to another one.
  * So a consumed UIDL is recorded with the identity of what was consumed
- * (its size and a digest of its headers), a record is dropped once a
- * listing lacks its UIDL, and a DELE only goes to a message shown to be
- * the one made durable: RETR'd in this session, or with the recorded size
- * and digest (TOP n 0). */
+ * (its size and a digest of its headers), a record is dropped once the
+ * listings have lacked its UIDL for a while (forget_unlisted), and a DELE
+ * only goes to a message shown to be the one made durable: with the
+ * recorded size and digest (TOP n 0; RETR'd in this session where the
+ * server has no TOP). */
 
 /* A digest of From, Subject, Date, the first Received and Message-ID:
  * headers a server does not add to one of RETR's and TOP's copies only
