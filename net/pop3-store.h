@@ -51,7 +51,9 @@
  * after_retr (body cached, not yet archived), after_fsync (archived
  * durably, DELE not sent) or after_dele (DELE sent, no QUIT) in the
  * environment, the process kills itself with SIGKILL at that point of
- * the first consume that reaches it. */
+ * the first consume that reaches it.  MAILFS_TEST_FORGET_SECONDS=N
+ * shortens the 24 h a consumed UIDL must be missing from the listings
+ * (of 3 sessions at least) before its record is forgotten. */
 #ifndef MAILFS_POP3_STORE_H
 #define MAILFS_POP3_STORE_H
 
