@@ -934,6 +934,32 @@ def test_keep_record_survives_a_listing_that_briefly_lacks_it(fake_pop3, mount, 
     assert "DELE" not in f.commands
 
 
+def test_record_is_forgotten_only_after_three_listings_without_it(fake_pop3, mount, tmp_path):
+    """The grace time made 0: two listings without a kept UIDL, then one with it, forget
+    nothing (the count starts again); three in a row do, and the message is offered again."""
+    a = b"From: a@example.com\r\nSubject: kept-001\r\n\r\nread once\r\n"
+    full = _fake_maildrop({"uid-a": a})
+    f = fake_pop3(dict(FAKE_LOGIN, **full))
+    m = mount(None, source="pop3://alice@127.0.0.1:%d" % f.port, password_file=_pwfile(tmp_path),
+              cafile=False, options=["insecure", "keep"], debug=True,
+              env={"MAILFS_TEST_FORGET_SECONDS": "0"}, allow=[r"warning: insecure: "])
+    name = os.listdir(spool(m))[0]
+    assert read(os.path.join(spool(m), name)) == a
+    assert wait_for(lambda: name in os.listdir(archive(m)))
+    time.sleep(1.5)
+    n = m.log().count("UIDL\n")
+    for rounds in (2, 3):
+        f.script.update(_fake_maildrop({}))
+        for _ in range(rounds):
+            n = _sync_and_wait(m, n)
+        f.script.update(full)
+        n = _sync_and_wait(m, n)
+        if rounds == 2:
+            assert os.listdir(spool(m)) == [], "forgotten after 2 listings"
+    assert wait_for(lambda: os.listdir(spool(m)) == [name]), "never forgotten"
+    assert "DELE" not in f.commands
+
+
 def test_old_records_without_identity_are_hidden_but_never_deleted(loaded, mount):
     """A cache from before identities: pop3.archived.<UIDL> holds only the local id.  A
     message archived there whose DELE was never sent stays hidden (its archived copy has the
