@@ -190,6 +190,26 @@ static void trace_arg(char *buf, size_t size, size_t *pos, const struct imap_arg
 	buf[*pos] = '\0';
 }
 
+/* Append to buf at *pos, never past size - 1: snprintf returns what it
+ * would have written, which a server's long tag or text makes larger than
+ * what is left (AUDIT C1). */
+static void trace_add(char *buf, size_t size, size_t *pos, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void trace_add(char *buf, size_t size, size_t *pos, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (*pos >= size - 1)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(buf + *pos, size - *pos, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		*pos = *pos + (size_t)n >= size ? size - 1 : *pos + (size_t)n;
+	buf[*pos] = '\0';
+}
+
 static void trace_response(struct imap_client *c, const struct imap_response *r)
 {
 	static const char *const status_names[] = {
@@ -197,31 +217,29 @@ static void trace_response(struct imap_client *c, const struct imap_response *r)
 	};
 	char buf[400];
 	size_t pos = 0;
-	int n;
 
 	if (!log_debug_enabled())
 		return;
-	n = snprintf(buf, sizeof(buf), "%s", r->kind == IMAP_RESP_TAGGED ? r->tag :
-		     r->kind == IMAP_RESP_CONTINUATION ? "+" : "*");
-	pos = (size_t)n;
+	buf[0] = '\0';
+	trace_add(buf, sizeof(buf), &pos, "%s", r->kind == IMAP_RESP_TAGGED ? r->tag :
+		  r->kind == IMAP_RESP_CONTINUATION ? "+" : "*");
 	if (r->kind == IMAP_RESP_CONTINUATION || r->status != IMAP_STATUS_NONE) {
 		if (r->status != IMAP_STATUS_NONE)
-			pos += (size_t)snprintf(buf + pos, sizeof(buf) - pos, " %s",
-						status_names[r->status]);
+			trace_add(buf, sizeof(buf), &pos, " %s", status_names[r->status]);
 		if (r->code_count > 0) {
 			struct imap_arg list = { .type = IMAP_ARG_LIST, .len = r->code_count,
 						 .v.items = r->code };
-			buf[pos++] = ' ';
+			trace_add(buf, sizeof(buf), &pos, " ");
 			trace_arg(buf, sizeof(buf), &pos, &list, 0);
 		}
-		snprintf(buf + pos, sizeof(buf) - pos, " %s", r->text);
+		trace_add(buf, sizeof(buf), &pos, " %s", r->text);
 	} else {
 		for (size_t i = 0; i < r->args_count && pos < sizeof(buf) - 2; i++) {
-			buf[pos++] = ' ';
+			trace_add(buf, sizeof(buf), &pos, " ");
 			trace_arg(buf, sizeof(buf), &pos, &r->args[i], 0);
 		}
 	}
-	log_trace(c->trace_name, '<', buf, strlen(buf));
+	log_trace(c->trace_name, '<', buf, pos);
 }
 
 /* Next complete response, reading as needed. 1, or a negative errno. */
@@ -481,8 +499,8 @@ int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
 				long other = r->tag[0] == 'A' ? strtol(r->tag + 1, &end, 10) : -1;
 
 				if (other <= 0 || *end || other >= c->next_tag || c->nearly == EARLY_MAX) {
-					set_error(c, "unexpected completion for tag %s while waiting for %s",
-						  r->tag, want);
+					set_error(c, "unexpected completion for tag %.32s%s while waiting for %s",
+						  r->tag, strlen(r->tag) > 32 ? "..." : "", want);
 					return -EPROTO;
 				}
 				struct early_done *e = &c->early[c->nearly++];

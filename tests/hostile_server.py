@@ -255,6 +255,10 @@ class Scenario:
             c.send(self.body_response(seq, m.uid, m.body))
         c.send(tag + b" OK UID FETCH completed\r\n")
 
+    # -- what this read-only server does not do (STORE, COPY, APPEND, ...)
+    def refuse(self, c, tag):
+        c.send(tag + b" NO [CANNOT] this server is read-only\r\n")
+
     def search(self, c, tag, mb, uids):
         have = sorted(m.uid for m in mb.messages if m.uid in uids)
         c.send(b"* SEARCH%s\r\n%s OK UID SEARCH completed\r\n" % (
@@ -543,6 +547,84 @@ class DeepNesting(Scenario):
         super().list(c, tag)
 
 
+@scenario
+class LongTag(Scenario):
+    """The login is answered with a tagged completion whose tag is `tag_len` bytes
+    of atom characters (no tag the client sent), followed by `text_len` bytes of
+    text: for the -d trace of a response, which sees the line before the tag is
+    checked."""
+    name = "long_tag"
+    tag_len = 500
+    text_len = 2000
+
+    def authenticate(self, c, tag, user, password):
+        c.send(b"T" * self.tag_len + b" OK " + b"Y" * self.text_len + CRLF)
+        c.hang()
+
+
+@scenario
+class Trickle(Scenario):
+    """At the step named by `at` ("greeting", "list" or "select"), the server
+    sends one short untagged line every `every` seconds and never completes:
+    the greeting never comes, or LIST / SELECT never end (select: only for the
+    mailbox named `trickle_box`, default "Slow", which the scenario adds).
+    Each line is complete, so no per-read timeout longer than `every` trips."""
+    name = "trickle"
+    at = "select"
+    every = 1.0
+    trickle_box = b"Slow"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        if self.at == "select" and not self.find(self.trickle_box):
+            self.mailboxes.append(Mailbox(self.trickle_box, [Message(1)]))
+
+    def trickle(self, c):
+        with self.lock:
+            self.trickles = getattr(self, "trickles", 0) + 1
+        try:
+            while not c.closed:
+                c.send(b"* OK still working\r\n")
+                time.sleep(self.every)
+        except (OSError, Closed):
+            pass
+        raise Closed()
+
+    def greeting(self, c):
+        if self.at == "greeting":
+            self.trickle(c)
+        super().greeting(c)
+
+    def list(self, c, tag):
+        if self.at == "list":
+            self.trickle(c)
+        super().list(c, tag)
+
+    def select(self, c, tag, mb, readonly):
+        if self.at == "select" and mb.name == self.trickle_box:
+            self.trickle(c)
+        super().select(c, tag, mb, readonly)
+
+
+@scenario
+class EscapeText(Scenario):
+    """Every refusal (any command this read-only server does not do, and LIST
+    with refuse_list=True) carries `text`: terminal escape sequences and a BEL,
+    which must never reach a terminal or syslog as they are."""
+    name = "escape_text"
+    text = b"\x1b[31mRED\x1b[0m bell\x07 \x1b]0;owned\x07 cursor\x1b[2J done"
+    refuse_list = False
+
+    def list(self, c, tag):
+        if self.refuse_list:
+            c.send(tag + b" NO " + self.text + CRLF)
+            return
+        super().list(c, tag)
+
+    def refuse(self, c, tag):
+        c.send(tag + b" NO [CANNOT] " + self.text + CRLF)
+
+
 # --------------------------------------------------------------------------
 # connections
 
@@ -711,7 +793,7 @@ class Conn:
         elif cmd == b"UID":
             self.uid_command(tag, rest)
         else:
-            self.send(tag + b" NO [CANNOT] this server is read-only\r\n")
+            sc.refuse(self, tag)
 
     def uid_command(self, tag, rest):
         sub, _, args = rest.partition(b" ")
@@ -737,7 +819,7 @@ class Conn:
                 {x.uid for x in mb.messages} if not m else set())
             self.sc.search(self, tag, mb, uids)
         else:
-            self.send(tag + b" NO [CANNOT] this server is read-only\r\n")
+            self.sc.refuse(self, tag)
 
 
 # --------------------------------------------------------------------------

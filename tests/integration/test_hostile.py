@@ -167,20 +167,22 @@ class Rig:
         self.servers.append(srv)
         return srv
 
-    def mount(self, srv, names="uid", allow=(), options=(), scheme="imaps"):
+    def mount(self, srv, names="uid", allow=(), options=(), scheme="imaps", debug=False,
+              env=None):
         """mailfs -f in the background; returns conftest's Mount (.proc is the daemon)."""
         return self.mounter.mount(HUser(srv), srv=srv, names=names, scheme=scheme,
-                                  options=list(options), foreground=True, allow=list(allow))
+                                  options=list(options), foreground=True, allow=list(allow),
+                                  debug=debug, env=env)
 
-    def attempt(self, srv, scheme="imaps", timeout=90, options=()):
+    def attempt(self, srv, scheme="imaps", timeout=90, options=(), debug=False, env=None):
         """The detaching mount command, expected to fail.  Peak RSS comes from wait4()."""
         m = self.mounter
         wd = m._workdir("h")
         mnt = os.path.join(wd, "mnt")
         os.makedirs(mnt)
         argv, _, _, _ = m.command(HUser(srv), mnt, scheme, None, True, True, True, None,
-                                  list(options), False, False, wd, srv)
-        env = m.env(wd)
+                                  list(options), False, debug, wd, srv)
+        env = m.env(wd, env)
         out_p, err_p = os.path.join(wd, "stdout"), os.path.join(wd, "stderr")
         t0 = time.time()
         with open(out_p, "wb") as so, open(err_p, "wb") as se:
@@ -857,3 +859,25 @@ def test_list_refused_at_mount(rig, status):
     srv = rig.server("list_refused", status=status)
     a = rig.attempt(srv)
     one_line_failure(a, r"Internal error listing mailboxes")
+
+
+# --------------------------------------------------------------------------
+# extra: a tag of 500 bytes in a completion, traced with -d (AUDIT C1: the trace
+# formatted it into a 400-byte stack buffer and went on past its end)
+
+def test_long_tag_traced_with_debug(rig, report):
+    srv = rig.server("long_tag", tag_len=500, text_len=2000)
+    a = rig.attempt(srv, debug=True, timeout=60)
+    report("hostile 500-byte tag with -d: exit %r in %.1f s, last line %r" % (
+        a.rc, a.seconds, a.lines[-1][:160] if a.lines else None))
+    assert not SANITIZER.search(a.sanitizer + a.stderr), \
+        "sanitizer report:\n" + (a.sanitizer + a.stderr)[:6000]
+    assert a.rc is not None and a.rc > 0, a
+    assert a.seconds < 30, a
+    assert not a.leftover, a.leftover
+    # The trace shows the line, cut; the one error line names the stray tag, cut too.
+    traced = [ln for ln in a.lines if "[imap1] < TTTT" in ln]
+    assert traced and all(len(ln) < 1000 for ln in traced), a.lines
+    err = [ln for ln in a.lines if "[imap1]" not in ln and "[debug]" not in ln]
+    assert len(err) == 1 and re.search(r"unexpected completion|tag", err[0]), a.lines
+    assert len(err[0]) < 400, err[0]
