@@ -30,7 +30,7 @@
 struct early_done {
 	int tag;
 	int result;
-	char text[256];
+	char text[512];
 	char code[64];
 	char code_args[256];
 };
@@ -404,13 +404,39 @@ static void copy_completion(struct imap_client *c, const struct imap_response *r
 	}
 }
 
+/* Keep the completion just copied (text, code) as tag's result, for the
+ * wait that asks for it.  -1 when there is no room (we are lost). */
+static int keep_early(struct imap_client *c, int tag, int result)
+{
+	struct early_done *e;
+
+	if (c->nearly == EARLY_MAX) {
+		set_error(c, "too many commands completed out of order");
+		return -1;
+	}
+	e = &c->early[c->nearly++];
+	e->tag = tag;
+	e->result = result;
+	snprintf(e->text, sizeof(e->text), "%s", c->text);
+	snprintf(e->code, sizeof(e->code), "%s", c->code);
+	snprintf(e->code_args, sizeof(e->code_args), "%s", c->code_args);
+	return 0;
+}
+
 const char *imap_client_code_args(const struct imap_client *c)
 {
 	return c->code_args;
 }
 
+static int await(struct imap_client *c, int tag, imap_untagged_fn *cb, void *ctx,
+		 bool until_continuation);
+
+/* await()'s answer when the "+" came first. */
+#define CONTINUED 100
+
 int imap_client_send_literal(struct imap_client *c, const char *prefix,
-			     const void *data, size_t len, const char *suffix)
+			     const void *data, size_t len, const char *suffix,
+			     imap_untagged_fn *cb, void *ctx)
 {
 	char head[1024];
 	int tag = c->next_tag++;
@@ -429,16 +455,16 @@ int imap_client_send_literal(struct imap_client *c, const char *prefix,
 	if (r < 0)
 		goto fail;
 	if (!plus) {
-		const struct imap_response *resp;
-
-		r = read_response(c, &resp);
+		r = await(c, tag, cb, ctx, true);
 		if (r < 0)
 			return r;
-		if (resp->kind != IMAP_RESP_CONTINUATION) {
-			/* Refused before the data: this is the completion.
-			 * Remember it and let the caller's wait see it. */
-			set_error(c, "server refused a literal: %s", resp->text);
-			return -EPROTO;
+		if (r != CONTINUED) {
+			/* Refused before the data (NO [OVERQUOTA], [TRYCREATE],
+			 * [TOOBIG]...): that is the command's result, and the
+			 * connection is fine.  The caller's wait finds it. */
+			if (keep_early(c, tag, r) < 0)
+				return -EPROTO;
+			return tag;
 		}
 	}
 	r = conn_write(c->conn, data, len);
@@ -467,22 +493,13 @@ static int status_result(enum imap_status st)
 	}
 }
 
-int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
-		     void *ctx)
+/* Read until command `tag` completes (its imap_result), or with
+ * until_continuation until a "+" comes (CONTINUED), whichever is first. */
+static int await(struct imap_client *c, int tag, imap_untagged_fn *cb, void *ctx,
+		 bool until_continuation)
 {
 	char want[16];
 
-	for (size_t i = 0; i < c->nearly; i++) {
-		if (c->early[i].tag != tag)
-			continue;
-		int result = c->early[i].result;
-
-		snprintf(c->text, sizeof(c->text), "%s", c->early[i].text);
-		snprintf(c->code, sizeof(c->code), "%s", c->early[i].code);
-		snprintf(c->code_args, sizeof(c->code_args), "%s", c->early[i].code_args);
-		c->early[i] = c->early[--c->nearly];
-		return result;
-	}
 	snprintf(want, sizeof(want), "A%d", tag);
 	for (;;) {
 		const struct imap_response *r;
@@ -490,6 +507,8 @@ int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
 
 		if (ret < 0)
 			return ret;
+		if (r->kind == IMAP_RESP_CONTINUATION && until_continuation)
+			return CONTINUED;
 		if (r->kind == IMAP_RESP_TAGGED) {
 			if (strcmp(r->tag, want) != 0) {
 				/* Another pipelined command finished first:
@@ -526,6 +545,23 @@ int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
 		if (cb)
 			cb(ctx, r);
 	}
+}
+
+int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
+		     void *ctx)
+{
+	for (size_t i = 0; i < c->nearly; i++) {
+		if (c->early[i].tag != tag)
+			continue;
+		int result = c->early[i].result;
+
+		snprintf(c->text, sizeof(c->text), "%s", c->early[i].text);
+		snprintf(c->code, sizeof(c->code), "%s", c->early[i].code);
+		snprintf(c->code_args, sizeof(c->code_args), "%s", c->early[i].code_args);
+		c->early[i] = c->early[--c->nearly];
+		return result;
+	}
+	return await(c, tag, cb, ctx, false);
 }
 
 int imap_client_run(struct imap_client *c, imap_untagged_fn *cb, void *ctx,

@@ -127,10 +127,15 @@ const char *imap_client_code_args(const struct imap_client *client);
 void imap_code_args(const struct imap_response *resp, char *buf, size_t size);
 
 /* Send "TAG prefix {len}" CRLF data suffix CRLF, with LITERAL+ when the
- * server has it, else waiting for the continuation.  Returns the tag or a
- * negative errno; wait for it with imap_client_wait(). */
+ * server has it, else waiting for the continuation, with untagged
+ * responses meanwhile going to cb (may be NULL).  A server may refuse
+ * instead of "+" (NO [OVERQUOTA], [TRYCREATE], [TOOBIG]): the data is then
+ * not sent, the connection stays usable, and the refusal is the command's
+ * result.  Returns the tag or a negative errno; wait for it with
+ * imap_client_wait(), which gives the result either way. */
 int imap_client_send_literal(struct imap_client *client, const char *prefix,
-			     const void *data, size_t len, const char *suffix);
+			     const void *data, size_t len, const char *suffix,
+			     imap_untagged_fn *cb, void *ctx);
 
 /* What broke the connection, for logs ("" if nothing). */
 const char *imap_client_error(const struct imap_client *client);

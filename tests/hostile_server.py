@@ -255,6 +255,11 @@ class Scenario:
             c.send(self.body_response(seq, m.uid, m.body))
         c.send(tag + b" OK UID FETCH completed\r\n")
 
+    # -- a synchronizing literal: True to send "+" and read it, or answer the
+    #    command here (its tagged completion) and return False
+    def before_literal(self, c, line):
+        return True
+
     # -- what this read-only server does not do (STORE, COPY, APPEND, ...)
     def refuse(self, c, tag):
         c.send(tag + b" NO [CANNOT] this server is read-only\r\n")
@@ -607,6 +612,28 @@ class Trickle(Scenario):
 
 
 @scenario
+class AppendBeforeContinuation(Scenario):
+    """An APPEND's synchronizing literal (the capabilities have no LITERAL+) is
+    answered, instead of "+", with `refusal` (a tagged NO: "[TOOBIG] ...") -- or,
+    with refusal=None, with `untagged` lines first and then "+" (the APPEND is
+    then refused after its data, as this server is read-only)."""
+    name = "append_before_continuation"
+    refusal = b"NO [TOOBIG] Message too large for this server"
+    untagged = b"* 4 EXISTS\r\n* 1 RECENT\r\n"
+
+    def before_literal(self, c, line):
+        if not re.match(rb"\S+ APPEND ", line, re.I):
+            return True
+        with self.lock:
+            self.appends = getattr(self, "appends", 0) + 1
+        if self.refusal is None:
+            c.send(self.untagged)
+            return True
+        c.send(line.split(b" ", 1)[0] + b" " + self.refusal + CRLF)
+        return False
+
+
+@scenario
 class EscapeText(Scenario):
     """Every refusal (any command this read-only server does not do, and LIST
     with refuse_list=True) carries `text`: terminal escape sequences and a BEL,
@@ -679,6 +706,8 @@ class Conn:
             if not m or int(m.group(1)) > (64 << 20):
                 return line
             if not m.group(2):
+                if not self.sc.before_literal(self, line):
+                    return None     # refused: the client sends no data
                 self.send(b"+ go ahead\r\n")
             line = line[:m.start()] + nstring(self.read_exact(int(m.group(1)))) + self.readline()
 
@@ -718,6 +747,8 @@ class Conn:
             self.sc.greeting(self)
             while not self.closed:
                 line = self.read_command()
+                if line is None:
+                    continue
                 self.server.record(self.cid, line)
                 self.dispatch(line)
         except (Closed, OSError, ssl.SSLError, ValueError) as e:

@@ -881,3 +881,44 @@ def test_long_tag_traced_with_debug(rig, report):
     err = [ln for ln in a.lines if "[imap1]" not in ln and "[debug]" not in ln]
     assert len(err) == 1 and re.search(r"unexpected completion|tag", err[0]), a.lines
     assert len(err[0]) < 400, err[0]
+
+
+# --------------------------------------------------------------------------
+# extra: an APPEND refused instead of the "+" continuation, or with untagged responses
+# before it (AUDIT B1: both were taken for a dead connection, close() said success and
+# the journal then retried the APPEND forever)
+
+def _close_errno(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, data)
+    try:
+        os.close(fd)
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def test_append_refused_before_continuation(rig, report):
+    import errno
+    srv = rig.server("append_before_continuation", mailboxes=[hsrv.inbox(2)])
+    m = rig.mount(srv, allow=[r"refused by the server", r"cannot store .*: (File too large|"
+                              r"Permission denied)"])
+    msg = (b"From: a@example.org\r\nSubject: too big\r\nMessage-ID: <big@x>\r\n\r\n" +
+           b"z" * 10000 + b"\r\n")
+    err = _close_errno(P(m, "INBOX", "big.eml"), msg)
+    assert err == errno.EFBIG, "close() after NO [TOOBIG] instead of +: %s" % (
+        errno.errorcode.get(err, err))
+    assert srv.scenario.appends == 1
+    # Untagged responses before the "+": the data goes, the server's answer counts.
+    srv.scenario.refusal = None
+    err = _close_errno(P(m, "INBOX", "second.eml"), msg.replace(b"big@x", b"second@x"))
+    assert err == errno.EACCES, "close() after a NO to the data: %s" % (
+        errno.errorcode.get(err, err))
+    assert srv.scenario.appends == 2
+    st = m.status()
+    report("hostile APPEND refused before +: EFBIG, then EACCES; status %r" % st)
+    assert st.get("pending") == "0" and st.get("state") == "online", st
+    r, _ = sh(["ls", P(m, "INBOX")])
+    assert r.returncode == 0 and r.stdout.split() == [b"1.eml", b"2.eml"], r
+    assert_alive(m)
+    rig.finish(m)
