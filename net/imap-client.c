@@ -22,6 +22,11 @@
 #include "log.h"
 
 #define READ_CHUNK (64 * 1024)
+/* Each command's deadline (imap-client.h): a base, plus a second for each
+ * CMD_RATE bytes it moves either way. */
+#define CMD_BASE_S 60
+#define CMD_RATE (16 * 1024)
+#define IO_TIMEOUT_MS 30000
 #define IMAP_MAX_LITERAL (256u << 20)
 #define CMD_MAX (64 * 1024)
 
@@ -51,8 +56,10 @@ struct imap_client {
 	char code_args[256]; /* the code's other arguments, space-separated */
 	char error[256];
 	char *rbuf;
-	int64_t deadline; /* monotonic ms by which the wait must end, 0: none */
-	int deadline_s;
+	int64_t deadline; /* monotonic ms by which the command must end, 0: none */
+	int64_t deadline_start; /* when it was set, for the message */
+	bool deadline_fixed; /* set by imap_client_set_deadline(), not per command */
+	double scale; /* MAILFS_TEST_TIMEOUT_SCALE, else 1 */
 };
 
 static int64_t monotonic_ms(void)
@@ -63,10 +70,60 @@ static int64_t monotonic_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Test knob (tests/integration/test_hostile.py): MAILFS_TEST_TIMEOUT_SCALE
+ * in (0, 1] multiplies the per-read timeout and every deadline, so that a
+ * test can show a bound in seconds rather than minutes.  It can only make
+ * them shorter: anything else is ignored. */
+static double timeout_scale(void)
+{
+	const char *v = getenv("MAILFS_TEST_TIMEOUT_SCALE");
+	char *end;
+	double x;
+
+	if (!v || !*v)
+		return 1;
+	x = strtod(v, &end);
+	return *end == '\0' && x > 0 && x <= 1 ? x : 1;
+}
+
+static void set_deadline_ms(struct imap_client *c, int64_t ms)
+{
+	c->deadline_start = monotonic_ms();
+	c->deadline = ms > 0 ? c->deadline_start + ms : 0;
+	if (c->conn)
+		conn_set_deadline(c->conn, c->deadline);
+}
+
 void imap_client_set_deadline(struct imap_client *c, int seconds)
 {
-	c->deadline_s = seconds;
-	c->deadline = seconds > 0 ? monotonic_ms() + (int64_t)seconds * 1000 : 0;
+	c->deadline_fixed = seconds > 0;
+	set_deadline_ms(c, seconds > 0 ? (int64_t)(seconds * 1000 * c->scale) : 0);
+}
+
+/* A command starts (or the greeting is awaited): its own deadline, sized
+ * to the bytes it sends, unless the caller fixed one. */
+static void arm_deadline(struct imap_client *c, size_t bytes)
+{
+	if (c->deadline_fixed)
+		return;
+	set_deadline_ms(c, (int64_t)((CMD_BASE_S * 1000 + (double)bytes * 1000 / CMD_RATE) *
+				     c->scale));
+}
+
+/* Bytes received move the deadline of a command on, at CMD_RATE: a long
+ * answer (a SELECT's QRESYNC flood, a huge SEARCH) may take its time, a
+ * trickle of short lines may not. */
+static void extend_deadline(struct imap_client *c, size_t bytes)
+{
+	if (c->deadline_fixed || !c->deadline)
+		return;
+	c->deadline += (int64_t)((double)bytes * 1000 / CMD_RATE * c->scale);
+	conn_set_deadline(c->conn, c->deadline);
+}
+
+static bool deadline_passed(const struct imap_client *c)
+{
+	return c->deadline && monotonic_ms() >= c->deadline;
 }
 
 static __thread char client_error[512];
@@ -242,6 +299,24 @@ static void trace_response(struct imap_client *c, const struct imap_response *r)
 	log_trace(c->trace_name, '<', buf, pos);
 }
 
+/* The command's deadline passed: the connection is dropped (what the
+ * server sends later belongs to a command we gave up on). */
+static int too_slow(struct imap_client *c)
+{
+	set_error(c, "the server is too slow: no complete answer in %lld s",
+		  (long long)((monotonic_ms() - c->deadline_start + 500) / 1000));
+	return -ETIME;
+}
+
+/* A write failed: r, or -ETIME when it was the command's deadline. */
+static int write_failed(struct imap_client *c, int r)
+{
+	if (r == -ETIMEDOUT && deadline_passed(c))
+		return too_slow(c);
+	set_error(c, "cannot send to server: %s", strerror(-r));
+	return r;
+}
+
 /* Next complete response, reading as needed. 1, or a negative errno. */
 static int read_response(struct imap_client *c, const struct imap_response **resp_r)
 {
@@ -261,7 +336,13 @@ static int read_response(struct imap_client *c, const struct imap_response **res
 			set_error(c, "malformed response from server: %s", perr);
 			return -EPROTO;
 		}
+		if (deadline_passed(c))
+			return too_slow(c);
 		ssize_t n = conn_read(c->conn, c->rbuf, READ_CHUNK);
+		if (n == -ETIMEDOUT && deadline_passed(c))
+			return too_slow(c);
+		if (n > 0)
+			extend_deadline(c, (size_t)n);
 		if (n == 0) {
 			set_error(c, "server closed the connection%s",
 				  imap_parser_literal_remaining(c->parser) ?
@@ -281,11 +362,6 @@ static int read_response(struct imap_client *c, const struct imap_response **res
 				perr = "unexpected input";
 			set_error(c, "malformed response from server: %s", perr);
 			return -EPROTO;
-		}
-		if (c->deadline && monotonic_ms() > c->deadline) {
-			set_error(c, "the server is too slow: no complete answer in %d s",
-				  c->deadline_s);
-			return -ETIMEDOUT;
 		}
 	}
 }
@@ -349,6 +425,7 @@ static int vsend(struct imap_client *c, const char *fmt, va_list ap)
 	}
 	va_end(ap2);
 	trace_command(c, buf, (size_t)(n + r));
+	arm_deadline(c, (size_t)(n + r) + 2);
 	memcpy(buf + n + r, "\r\n", 2);
 	int w = conn_write(c->conn, buf, (size_t)(n + r) + 2);
 	if (buf != stackbuf) {
@@ -357,10 +434,8 @@ static int vsend(struct imap_client *c, const char *fmt, va_list ap)
 	} else {
 		OPENSSL_cleanse(stackbuf, sizeof(stackbuf));
 	}
-	if (w < 0) {
-		set_error(c, "cannot send to server: %s", strerror(-w));
-		return w;
-	}
+	if (w < 0)
+		return write_failed(c, w);
 	return tag;
 }
 
@@ -450,6 +525,7 @@ int imap_client_send_literal(struct imap_client *c, const char *prefix,
 	if (n < 0 || (size_t)n >= sizeof(head) - 2)
 		return -E2BIG;
 	log_trace(c->trace_name, '>', head, (size_t)n);
+	arm_deadline(c, (size_t)n + 2 + len);
 	memcpy(head + n, "\r\n", 2);
 	r = conn_write(c->conn, head, (size_t)n + 2);
 	if (r < 0)
@@ -477,8 +553,7 @@ int imap_client_send_literal(struct imap_client *c, const char *prefix,
 	log_trace(c->trace_name, '>', "{literal sent}", 14);
 	return tag;
 fail:
-	set_error(c, "cannot send to server: %s", strerror(-r));
-	return r;
+	return write_failed(c, r);
 }
 
 static int status_result(enum imap_status st)
@@ -604,6 +679,9 @@ int imap_client_poll(struct imap_client *c, int timeout_ms,
 		if (r == 0)
 			return 0;
 	}
+	/* IDLE waits as long as it likes for the server to speak, but a
+	 * response that has begun must end like a command's. */
+	arm_deadline(c, 0);
 	return read_response(c, resp_r);
 }
 
@@ -618,12 +696,11 @@ int imap_client_raw(struct imap_client *c, const char *line)
 	if (len + 2 > sizeof(buf))
 		return -E2BIG;
 	log_trace(c->trace_name, '>', line, len);
+	arm_deadline(c, len + 2);
 	memcpy(buf, line, len);
 	memcpy(buf + len, "\r\n", 2);
 	r = conn_write(c->conn, buf, len + 2);
-	if (r < 0)
-		set_error(c, "cannot send to server: %s", strerror(-r));
-	return r;
+	return r < 0 ? write_failed(c, r) : r;
 }
 
 int imap_client_enable(struct imap_client *c, const char *exts)
@@ -777,7 +854,6 @@ int imap_client_open(struct imap_client **client_r,
 		.implicit_tls = o->url->implicit_tls,
 		.cafile = o->cafile,
 		.insecure = o->insecure,
-		.io_timeout_ms = o->io_timeout_ms,
 	};
 	const struct imap_response *resp;
 	const char *err;
@@ -796,12 +872,15 @@ int imap_client_open(struct imap_client **client_r,
 	c->parser = imap_parser_new(&limits);
 	c->next_tag = 1;
 	c->alive = true;
+	c->scale = timeout_scale();
+	co.io_timeout_ms = (int)((o->io_timeout_ms > 0 ? o->io_timeout_ms : IO_TIMEOUT_MS) * c->scale);
 	snprintf(c->trace_name, sizeof(c->trace_name), "%s", o->trace_name ? o->trace_name : "imap");
 	if (!c->rbuf || !c->parser)
 		return fail(&c, false, auth_failed_r, error_r, "out of memory");
 	if (conn_open(&c->conn, &co, &err) < 0)
 		return fail(&c, false, auth_failed_r, error_r, "%s", err);
 
+	arm_deadline(c, 0);
 	r = read_response(c, &resp);
 	if (r < 0)
 		return fail(&c, false, auth_failed_r, error_r, "%s:%d: no IMAP greeting: %s",
@@ -875,6 +954,7 @@ void imap_client_close(struct imap_client **cp)
 		return;
 	if (c->alive && c->conn) {
 		conn_set_io_timeout(c->conn, 2000);
+		imap_client_set_deadline(c, 2);
 		imap_client_run(c, NULL, NULL, "LOGOUT");
 	}
 	conn_close(&c->conn);

@@ -570,10 +570,11 @@ class LongTag(Scenario):
 @scenario
 class Trickle(Scenario):
     """At the step named by `at` ("greeting", "list" or "select"), the server
-    sends one short untagged line every `every` seconds and never completes:
-    the greeting never comes, or LIST / SELECT never end (select: only for the
-    mailbox named `trickle_box`, default "Slow", which the scenario adds).
-    Each line is complete, so no per-read timeout longer than `every` trips."""
+    trickles, never completing: the greeting line gets one more byte every
+    `every` seconds, and LIST / SELECT get one short untagged line (a complete
+    `* OK`) every `every` seconds (select: only for the mailbox named
+    `trickle_box`, default "Slow", which the scenario adds).  No per-read
+    timeout longer than `every` ever trips."""
     name = "trickle"
     at = "select"
     every = 1.0
@@ -597,7 +598,18 @@ class Trickle(Scenario):
 
     def greeting(self, c):
         if self.at == "greeting":
-            self.trickle(c)
+            # A greeting line that never ends, one byte at a time (any complete
+            # untagged OK would be a greeting).
+            try:
+                c.send(b"* OK [CAPABILITY IMAP4rev1")
+                with self.lock:
+                    self.trickles = getattr(self, "trickles", 0) + 1
+                while not c.closed:
+                    time.sleep(self.every)
+                    c.send(b"x")
+            except (OSError, Closed):
+                pass
+            raise Closed()
         super().greeting(c)
 
     def list(self, c, tag):
@@ -631,25 +643,6 @@ class AppendBeforeContinuation(Scenario):
             return True
         c.send(line.split(b" ", 1)[0] + b" " + self.refusal + CRLF)
         return False
-
-
-@scenario
-class EscapeText(Scenario):
-    """Every refusal (any command this read-only server does not do, and LIST
-    with refuse_list=True) carries `text`: terminal escape sequences and a BEL,
-    which must never reach a terminal or syslog as they are."""
-    name = "escape_text"
-    text = b"\x1b[31mRED\x1b[0m bell\x07 \x1b]0;owned\x07 cursor\x1b[2J done"
-    refuse_list = False
-
-    def list(self, c, tag):
-        if self.refuse_list:
-            c.send(tag + b" NO " + self.text + CRLF)
-            return
-        super().list(c, tag)
-
-    def refuse(self, c, tag):
-        c.send(tag + b" NO [CANNOT] " + self.text + CRLF)
 
 
 # --------------------------------------------------------------------------

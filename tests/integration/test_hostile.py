@@ -922,3 +922,58 @@ def test_append_refused_before_continuation(rig, report):
     assert r.returncode == 0 and r.stdout.split() == [b"1.eml", b"2.eml"], r
     assert_alive(m)
     rig.finish(m)
+
+
+# --------------------------------------------------------------------------
+# extra: a server that trickles one complete untagged line every second and never
+# completes (AUDIT B2: no per-read timeout ever trips, and only the greeting and the
+# fetches had an overall deadline).  MAILFS_TEST_TIMEOUT_SCALE=0.1 (a test knob, see
+# net/imap-client.h) shrinks mailfs's bounds tenfold: a 3 s read timeout, 6 s per command.
+
+TIMEOUT_SCALE = {"MAILFS_TEST_TIMEOUT_SCALE": "0.1"}
+TRICKLE_BOUND_S = 30
+
+
+@pytest.mark.parametrize("at", ["greeting", "list"])
+def test_trickle_at_mount_fails_within_bound(rig, at, report):
+    srv = rig.server("trickle", at=at, every=1.0)
+    a = rig.attempt(srv, timeout=TRICKLE_BOUND_S * 2, env=TIMEOUT_SCALE)
+    report("hostile trickle at %s: mount exit %r after %.1f s: %r" % (
+        at, a.rc, a.seconds, a.stderr.strip()))
+    one_line_failure(a, r"too slow", max_seconds=TRICKLE_BOUND_S)
+    assert srv.scenario.trickles >= 1
+
+
+def test_trickle_in_select_readdir_fails_within_bound(rig, report):
+    srv = rig.server("trickle", at="select", every=1.0, mailboxes=[hsrv.inbox(2)])
+    m = rig.mount(srv, env=TIMEOUT_SCALE,
+                  allow=[r"too slow", r"cannot open folder Slow", r"connection lost"])
+    t0 = time.time()
+    lister = subprocess.Popen(["ls", P(m, "Slow")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        _, err = lister.communicate(timeout=TRICKLE_BOUND_S * 2)
+        ended, secs = True, time.time() - t0
+    except subprocess.TimeoutExpired:
+        ended, secs, err = False, time.time() - t0, b""
+        # Release the parked request (the reader cannot be killed while the daemon holds
+        # it): the server stops trickling and cuts the connections, the retry is answered.
+        srv.scenario.at = None
+        srv.drop_all()
+        lister.kill()
+        try:
+            lister.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    report("hostile trickle in SELECT: ls %s after %.1f s: %r" % (
+        "ended" if ended else "still blocked", secs, err.strip()))
+    assert ended, "ls of a folder whose SELECT trickles did not end in %d s" % (
+        TRICKLE_BOUND_S * 2)
+    assert lister.returncode != 0 and b"Input/output error" in err, (lister.returncode, err)
+    assert secs < TRICKLE_BOUND_S, secs
+    assert srv.scenario.trickles >= 1
+    # The rest of the mount is unaffected.
+    r, _ = sh(["ls", P(m, "INBOX")])
+    assert r.returncode == 0 and r.stdout.split() == [b"1.eml", b"2.eml"], r
+    assert_alive(m)
+    rig.finish(m)
