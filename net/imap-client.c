@@ -128,6 +128,15 @@ static bool deadline_passed(const struct imap_client *c)
 
 static __thread char client_error[512];
 
+/* A server's free text as this module hands it out (imap_client_text(),
+ * error lines): its control bytes escaped, so that no caller can print an
+ * escape sequence the server chose (AUDIT D2).  Returns dst. */
+static char *server_text(char *dst, size_t size, const char *text)
+{
+	log_escape(dst, size, text ? text : "", text ? strlen(text) : 0);
+	return dst;
+}
+
 static void set_error(struct imap_client *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 static void set_error(struct imap_client *c, const char *fmt, ...)
@@ -470,7 +479,7 @@ void imap_code_args(const struct imap_response *r, char *buf, size_t size)
 
 static void copy_completion(struct imap_client *c, const struct imap_response *r)
 {
-	snprintf(c->text, sizeof(c->text), "%s", r->text);
+	server_text(c->text, sizeof(c->text), r->text);
 	c->code[0] = '\0';
 	c->code_args[0] = '\0';
 	if (r->code_count > 0 && r->code[0].type == IMAP_ARG_ATOM) {
@@ -601,7 +610,7 @@ static int await(struct imap_client *c, int tag, imap_untagged_fn *cb, void *ctx
 
 				e->tag = (int)other;
 				e->result = status_result(r->status);
-				snprintf(e->text, sizeof(e->text), "%s", r->text);
+				server_text(e->text, sizeof(e->text), r->text);
 				e->code[0] = e->code_args[0] = '\0';
 				if (r->code_count > 0 && r->code[0].type == IMAP_ARG_ATOM) {
 					snprintf(e->code, sizeof(e->code), "%s", r->code[0].v.str);
@@ -615,7 +624,7 @@ static int await(struct imap_client *c, int tag, imap_untagged_fn *cb, void *ctx
 		if (r->kind == IMAP_RESP_UNTAGGED && r->status == IMAP_STATUS_BYE) {
 			/* BYE is followed by the close; keep its text for
 			 * the error message, and let the read fail. */
-			snprintf(c->text, sizeof(c->text), "%s", r->text);
+			server_text(c->text, sizeof(c->text), r->text);
 		}
 		if (cb)
 			cb(ctx, r);
@@ -889,7 +898,8 @@ int imap_client_open(struct imap_client **client_r,
 	    (resp->status != IMAP_STATUS_OK && resp->status != IMAP_STATUS_PREAUTH))
 		return fail(&c, false, auth_failed_r, error_r,
 			    "%s:%d does not greet like an IMAP server (%s)", o->url->host,
-			    o->url->port, resp->status == IMAP_STATUS_BYE ? resp->text : "bad greeting");
+			    o->url->port, resp->status == IMAP_STATUS_BYE ?
+			    server_text(c->text, sizeof(c->text), resp->text) : "bad greeting");
 	preauth = resp->status == IMAP_STATUS_PREAUTH;
 	if (c->caps == 0 && imap_client_run(c, NULL, NULL, "CAPABILITY") != IMAP_RESULT_OK)
 		return fail(&c, false, auth_failed_r, error_r, "%s: CAPABILITY failed: %s",

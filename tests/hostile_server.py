@@ -645,6 +645,25 @@ class AppendBeforeContinuation(Scenario):
         return False
 
 
+@scenario
+class EscapeText(Scenario):
+    """Every refusal (any command this read-only server does not do, and LIST
+    with refuse_list=True) carries `text`: terminal escape sequences and a BEL,
+    which must never reach a terminal or syslog as they are."""
+    name = "escape_text"
+    text = b"\x1b[31mRED\x1b[0m bell\x07 \x1b]0;owned\x07 cursor\x1b[2J done"
+    refuse_list = False
+
+    def list(self, c, tag):
+        if self.refuse_list:
+            c.send(tag + b" NO " + self.text + CRLF)
+            return
+        super().list(c, tag)
+
+    def refuse(self, c, tag):
+        c.send(tag + b" NO [CANNOT] " + self.text + CRLF)
+
+
 # --------------------------------------------------------------------------
 # connections
 

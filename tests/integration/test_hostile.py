@@ -977,3 +977,33 @@ def test_trickle_in_select_readdir_fails_within_bound(rig, report):
     assert r.returncode == 0 and r.stdout.split() == [b"1.eml", b"2.eml"], r
     assert_alive(m)
     rig.finish(m)
+
+
+# --------------------------------------------------------------------------
+# extra: a refusal whose text holds terminal escape sequences and a BEL (AUDIT D2):
+# what mailfs prints -- the mount command's error line, a daemon's warnings -- shows
+# them escaped, never raw
+
+RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def test_escape_sequences_in_refusal_at_mount(rig):
+    srv = rig.server("escape_text", refuse_list=True)
+    a = rig.attempt(srv)
+    assert not RAW_CONTROL.search(a.stderr), "raw control bytes reach the terminal: %r" % (
+        a.stderr)
+    one_line_failure(a, r"RED")
+    assert "\\x1b[31mRED" in a.lines[0], a.lines[0]
+
+
+def test_escape_sequences_in_refusal_logged(rig):
+    srv = rig.server("escape_text", mailboxes=[hsrv.inbox(2)])
+    m = rig.mount(srv, allow=[r"refused by the server"])
+    r, _ = sh(["rm", P(m, "INBOX", "1.eml")])
+    assert r.returncode != 0, r       # this server refuses every change
+    log = m.log()
+    assert "RED" in log, "the refusal was not logged: %r" % log
+    assert not RAW_CONTROL.search(log), "raw control bytes in the daemon's stderr: %r" % log
+    assert "\\x1b[31mRED\\x1b[0m bell\\x07" in log, log
+    assert_alive(m)
+    rig.finish(m)
