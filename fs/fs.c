@@ -93,6 +93,8 @@ int mfs_store_errno(enum store_error e)
 		return ENOENT;
 	case STORE_ERR_QUOTA:
 		return ENOSPC;
+	case STORE_ERR_TOOBIG:
+		return EFBIG;
 	case STORE_ERR_PERM:
 	case STORE_ERR_REFUSED:
 		return EACCES;

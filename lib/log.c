@@ -74,6 +74,49 @@ static void log_write_stderr(const char *buf, size_t len)
 	}
 }
 
+static const char log_hex[] = "0123456789abcdef";
+
+/* Bytes that would steer a terminal: C0 controls but tab, DEL, and C1
+ * controls in their UTF-8 form (U+0080..U+009F: 0xc2 0x80..0x9f, CSI is
+ * one).  Returns how many bytes at p form one, 0 if none. */
+static size_t log_control_len(const unsigned char *p, size_t left)
+{
+	if ((p[0] < 0x20 && p[0] != '\t') || p[0] == 0x7f)
+		return 1;
+	if (p[0] == 0xc2 && left > 1 && p[1] >= 0x80 && p[1] <= 0x9f)
+		return 2;
+	return 0;
+}
+
+size_t log_escape(char *dst, size_t size, const char *src, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)src;
+	size_t out = 0;
+
+	if (size == 0)
+		return 0;
+	for (size_t i = 0; i < len;) {
+		size_t n = log_control_len(p + i, len - i);
+
+		if (n == 0) {
+			if (out + 1 >= size)
+				break;
+			dst[out++] = (char)p[i++];
+			continue;
+		}
+		if (out + 4 * n >= size)
+			break;
+		for (size_t k = 0; k < n; k++, i++) {
+			dst[out++] = '\\';
+			dst[out++] = 'x';
+			dst[out++] = log_hex[p[i] >> 4];
+			dst[out++] = log_hex[p[i] & 0xf];
+		}
+	}
+	dst[out] = '\0';
+	return out;
+}
+
 /* Emits "mailfs: " + prefix + text + "\n" on stderr and text alone on
  * syslog, whose priority already says what the prefix says. */
 static void log_emit(enum log_level level, const char *prefix,
@@ -118,6 +161,37 @@ out:
 	errno = saved_errno;
 }
 
+/* log_emit() with control bytes escaped: messages carry text a server
+ * chose (a NO's text, a folder name), which must not reach a terminal or
+ * syslog as escape sequences (AUDIT D2). */
+static void log_emit_clean(enum log_level level, const char *prefix,
+			   const char *text, size_t len)
+{
+	char stackbuf[1024], *buf = stackbuf;
+	size_t need = 4 * len + 1;
+	bool any = false;
+
+	for (size_t i = 0; i < len && !any; i++)
+		any = log_control_len((const unsigned char *)text + i, len - i) > 0;
+	if (!any) {
+		log_emit(level, prefix, text);
+		return;
+	}
+	if (need > sizeof(stackbuf)) {
+		buf = malloc(need);
+		if (buf == NULL) {
+			buf = stackbuf; /* cut beats raw */
+			need = sizeof(stackbuf);
+		}
+	} else {
+		need = sizeof(stackbuf);
+	}
+	log_escape(buf, need, text, len);
+	log_emit(level, prefix, buf);
+	if (buf != stackbuf)
+		free(buf);
+}
+
 static void log_vemit(enum log_level level, const char *prefix,
 		      const char *fmt, va_list args)
 {
@@ -144,7 +218,7 @@ static void log_vemit(enum log_level level, const char *prefix,
 		}
 	}
 	va_end(copy);
-	log_emit(level, prefix, text);
+	log_emit_clean(level, prefix, text, strlen(text));
 	if (text != stackbuf)
 		free(text);
 	errno = saved_errno;
@@ -190,31 +264,19 @@ void log_debug(const char *fmt, ...)
 
 void log_trace(const char *proto, char dir, const char *line, size_t len)
 {
-	static const char hex[] = "0123456789abcdef";
 	/* Worst case every byte becomes \xNN, plus the "..." mark. */
 	char buf[LOG_TRACE_MAX * 4 + sizeof("...")];
 	size_t shown = len > LOG_TRACE_MAX ? LOG_TRACE_MAX : len;
-	size_t out = 0;
+	size_t out;
 	char prefix[64];
 
 	if (!log_debug_on)
 		return;
 	if (line == NULL)
 		shown = 0;
-	for (size_t i = 0; i < shown; i++) {
-		unsigned char c = (unsigned char)line[i];
-
-		/* A server controls these bytes: never let it move the
-		 * cursor or clear the screen of whoever reads the trace. */
-		if (c < 0x20 || c == 0x7f) {
-			buf[out++] = '\\';
-			buf[out++] = 'x';
-			buf[out++] = hex[c >> 4];
-			buf[out++] = hex[c & 0xf];
-		} else {
-			buf[out++] = (char)c;
-		}
-	}
+	/* A server controls these bytes: never let it move the cursor or
+	 * clear the screen of whoever reads the trace. */
+	out = log_escape(buf, sizeof(buf) - 3, line ? line : "", shown);
 	if (shown < len) {
 		memcpy(buf + out, "...", 3);
 		out += 3;

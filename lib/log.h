@@ -24,6 +24,12 @@ void log_warn(const char *fmt, ...) LOG_PRINTF(1, 2);
 void log_info(const char *fmt, ...) LOG_PRINTF(1, 2);
 void log_debug(const char *fmt, ...) LOG_PRINTF(1, 2);
 
+/* Messages are shown with control bytes escaped as \xNN (C0 but tab, DEL,
+ * and UTF-8 C1): a server's text must not steer the terminal.  The same for
+ * a caller's own copy of such text: len bytes of src into dst (size > 0,
+ * always terminated, cut to fit); returns the length written. */
+size_t log_escape(char *dst, size_t size, const char *src, size_t len);
+
 /* Protocol trace of one line (without CRLF) sent (dir '>') or received
  * ('<'), printed only with -d; non-printable bytes are escaped and lines
  * longer than 300 bytes are cut with a "..." mark. */

@@ -64,6 +64,7 @@ struct conn {
 	int port;
 	int connect_timeout_ms;
 	int io_timeout_ms;
+	int64_t deadline_ms; /* conn_set_deadline(); 0: none */
 };
 
 static _Thread_local char conn_error_buf[512];
@@ -844,9 +845,18 @@ static ssize_t conn_read_plain(struct conn *conn, void *buf, size_t len,
 	}
 }
 
+/* When the wait for the next byte (or progress) must end: the I/O timeout,
+ * or the caller's deadline if that comes first. */
+static int64_t conn_io_deadline(const struct conn *conn)
+{
+	int64_t d = conn_now_ms() + conn->io_timeout_ms;
+
+	return conn->deadline_ms && conn->deadline_ms < d ? conn->deadline_ms : d;
+}
+
 ssize_t conn_read(struct conn *conn, void *buf, size_t len)
 {
-	int64_t deadline = conn_now_ms() + conn->io_timeout_ms;
+	int64_t deadline = conn_io_deadline(conn);
 
 	if (conn->error != 0)
 		return conn_io_failed(conn, "read from", conn->error);
@@ -863,7 +873,7 @@ ssize_t conn_read(struct conn *conn, void *buf, size_t len)
 int conn_write(struct conn *conn, const void *buf, size_t len)
 {
 	const unsigned char *p = buf;
-	int64_t deadline = conn_now_ms() + conn->io_timeout_ms;
+	int64_t deadline = conn_io_deadline(conn);
 	size_t done;
 	ssize_t sent;
 	int ret, ssl_err, sys_err;
@@ -876,7 +886,7 @@ int conn_write(struct conn *conn, const void *buf, size_t len)
 			if (SSL_write_ex(conn->ssl, p, len, &done) == 1) {
 				p += done;
 				len -= done;
-				deadline = conn_now_ms() + conn->io_timeout_ms;
+				deadline = conn_io_deadline(conn);
 				continue;
 			}
 			sys_err = errno;
@@ -891,7 +901,7 @@ int conn_write(struct conn *conn, const void *buf, size_t len)
 			if (sent >= 0) {
 				p += sent;
 				len -= (size_t)sent;
-				deadline = conn_now_ms() + conn->io_timeout_ms;
+				deadline = conn_io_deadline(conn);
 				continue;
 			}
 			if (errno == EINTR)
@@ -946,6 +956,11 @@ int conn_fd(const struct conn *conn)
 void conn_set_io_timeout(struct conn *conn, int ms)
 {
 	conn->io_timeout_ms = ms > 0 ? ms : CONN_DEFAULT_IO_TIMEOUT_MS;
+}
+
+void conn_set_deadline(struct conn *conn, int64_t monotonic_ms)
+{
+	conn->deadline_ms = monotonic_ms > 0 ? monotonic_ms : 0;
 }
 
 void conn_close(struct conn **connp)

@@ -18,6 +18,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct conn;
@@ -81,6 +82,11 @@ void conn_cancel_all(void);
 
 /* Change the timeout of each read and write (e.g. longer while IDLE). */
 void conn_set_io_timeout(struct conn *conn, int ms);
+
+/* No read or write waits past this CLOCK_MONOTONIC time in ms (0: no
+ * limit): a peer that trickles bytes resets the I/O timeout with each
+ * one, never this.  It fails with -ETIMEDOUT like the I/O timeout. */
+void conn_set_deadline(struct conn *conn, int64_t monotonic_ms);
 
 /* Shut down TLS politely if possible, close, free, set *conn to NULL. */
 void conn_close(struct conn **conn);

@@ -22,6 +22,11 @@
 #include "log.h"
 
 #define READ_CHUNK (64 * 1024)
+/* Each command's deadline (imap-client.h): a base, plus a second for each
+ * CMD_RATE bytes it moves either way. */
+#define CMD_BASE_S 60
+#define CMD_RATE (16 * 1024)
+#define IO_TIMEOUT_MS 30000
 #define IMAP_MAX_LITERAL (256u << 20)
 #define CMD_MAX (64 * 1024)
 
@@ -30,7 +35,7 @@
 struct early_done {
 	int tag;
 	int result;
-	char text[256];
+	char text[512];
 	char code[64];
 	char code_args[256];
 };
@@ -51,8 +56,10 @@ struct imap_client {
 	char code_args[256]; /* the code's other arguments, space-separated */
 	char error[256];
 	char *rbuf;
-	int64_t deadline; /* monotonic ms by which the wait must end, 0: none */
-	int deadline_s;
+	int64_t deadline; /* monotonic ms by which the command must end, 0: none */
+	int64_t deadline_start; /* when it was set, for the message */
+	bool deadline_fixed; /* set by imap_client_set_deadline(), not per command */
+	double scale; /* MAILFS_TEST_TIMEOUT_SCALE, else 1 */
 };
 
 static int64_t monotonic_ms(void)
@@ -63,13 +70,72 @@ static int64_t monotonic_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Test knob (tests/integration/test_hostile.py): MAILFS_TEST_TIMEOUT_SCALE
+ * in (0, 1] multiplies the per-read timeout and every deadline, so that a
+ * test can show a bound in seconds rather than minutes.  It can only make
+ * them shorter: anything else is ignored. */
+static double timeout_scale(void)
+{
+	const char *v = getenv("MAILFS_TEST_TIMEOUT_SCALE");
+	char *end;
+	double x;
+
+	if (!v || !*v)
+		return 1;
+	x = strtod(v, &end);
+	return *end == '\0' && x > 0 && x <= 1 ? x : 1;
+}
+
+static void set_deadline_ms(struct imap_client *c, int64_t ms)
+{
+	c->deadline_start = monotonic_ms();
+	c->deadline = ms > 0 ? c->deadline_start + ms : 0;
+	if (c->conn)
+		conn_set_deadline(c->conn, c->deadline);
+}
+
 void imap_client_set_deadline(struct imap_client *c, int seconds)
 {
-	c->deadline_s = seconds;
-	c->deadline = seconds > 0 ? monotonic_ms() + (int64_t)seconds * 1000 : 0;
+	c->deadline_fixed = seconds > 0;
+	set_deadline_ms(c, seconds > 0 ? (int64_t)(seconds * 1000 * c->scale) : 0);
+}
+
+/* A command starts (or the greeting is awaited): its own deadline, sized
+ * to the bytes it sends, unless the caller fixed one. */
+static void arm_deadline(struct imap_client *c, size_t bytes)
+{
+	if (c->deadline_fixed)
+		return;
+	set_deadline_ms(c, (int64_t)((CMD_BASE_S * 1000 + (double)bytes * 1000 / CMD_RATE) *
+				     c->scale));
+}
+
+/* Bytes received move the deadline of a command on, at CMD_RATE: a long
+ * answer (a SELECT's QRESYNC flood, a huge SEARCH) may take its time, a
+ * trickle of short lines may not. */
+static void extend_deadline(struct imap_client *c, size_t bytes)
+{
+	if (c->deadline_fixed || !c->deadline)
+		return;
+	c->deadline += (int64_t)((double)bytes * 1000 / CMD_RATE * c->scale);
+	conn_set_deadline(c->conn, c->deadline);
+}
+
+static bool deadline_passed(const struct imap_client *c)
+{
+	return c->deadline && monotonic_ms() >= c->deadline;
 }
 
 static __thread char client_error[512];
+
+/* A server's free text as this module hands it out (imap_client_text(),
+ * error lines): its control bytes escaped, so that no caller can print an
+ * escape sequence the server chose (AUDIT D2).  Returns dst. */
+static char *server_text(char *dst, size_t size, const char *text)
+{
+	log_escape(dst, size, text ? text : "", text ? strlen(text) : 0);
+	return dst;
+}
 
 static void set_error(struct imap_client *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -190,6 +256,26 @@ static void trace_arg(char *buf, size_t size, size_t *pos, const struct imap_arg
 	buf[*pos] = '\0';
 }
 
+/* Append to buf at *pos, never past size - 1: snprintf returns what it
+ * would have written, which a server's long tag or text makes larger than
+ * what is left (AUDIT C1). */
+static void trace_add(char *buf, size_t size, size_t *pos, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void trace_add(char *buf, size_t size, size_t *pos, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (*pos >= size - 1)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(buf + *pos, size - *pos, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		*pos = *pos + (size_t)n >= size ? size - 1 : *pos + (size_t)n;
+	buf[*pos] = '\0';
+}
+
 static void trace_response(struct imap_client *c, const struct imap_response *r)
 {
 	static const char *const status_names[] = {
@@ -197,31 +283,47 @@ static void trace_response(struct imap_client *c, const struct imap_response *r)
 	};
 	char buf[400];
 	size_t pos = 0;
-	int n;
 
 	if (!log_debug_enabled())
 		return;
-	n = snprintf(buf, sizeof(buf), "%s", r->kind == IMAP_RESP_TAGGED ? r->tag :
-		     r->kind == IMAP_RESP_CONTINUATION ? "+" : "*");
-	pos = (size_t)n;
+	buf[0] = '\0';
+	trace_add(buf, sizeof(buf), &pos, "%s", r->kind == IMAP_RESP_TAGGED ? r->tag :
+		  r->kind == IMAP_RESP_CONTINUATION ? "+" : "*");
 	if (r->kind == IMAP_RESP_CONTINUATION || r->status != IMAP_STATUS_NONE) {
 		if (r->status != IMAP_STATUS_NONE)
-			pos += (size_t)snprintf(buf + pos, sizeof(buf) - pos, " %s",
-						status_names[r->status]);
+			trace_add(buf, sizeof(buf), &pos, " %s", status_names[r->status]);
 		if (r->code_count > 0) {
 			struct imap_arg list = { .type = IMAP_ARG_LIST, .len = r->code_count,
 						 .v.items = r->code };
-			buf[pos++] = ' ';
+			trace_add(buf, sizeof(buf), &pos, " ");
 			trace_arg(buf, sizeof(buf), &pos, &list, 0);
 		}
-		snprintf(buf + pos, sizeof(buf) - pos, " %s", r->text);
+		trace_add(buf, sizeof(buf), &pos, " %s", r->text);
 	} else {
 		for (size_t i = 0; i < r->args_count && pos < sizeof(buf) - 2; i++) {
-			buf[pos++] = ' ';
+			trace_add(buf, sizeof(buf), &pos, " ");
 			trace_arg(buf, sizeof(buf), &pos, &r->args[i], 0);
 		}
 	}
-	log_trace(c->trace_name, '<', buf, strlen(buf));
+	log_trace(c->trace_name, '<', buf, pos);
+}
+
+/* The command's deadline passed: the connection is dropped (what the
+ * server sends later belongs to a command we gave up on). */
+static int too_slow(struct imap_client *c)
+{
+	set_error(c, "the server is too slow: no complete answer in %lld s",
+		  (long long)((monotonic_ms() - c->deadline_start + 500) / 1000));
+	return -ETIME;
+}
+
+/* A write failed: r, or -ETIME when it was the command's deadline. */
+static int write_failed(struct imap_client *c, int r)
+{
+	if (r == -ETIMEDOUT && deadline_passed(c))
+		return too_slow(c);
+	set_error(c, "cannot send to server: %s", strerror(-r));
+	return r;
 }
 
 /* Next complete response, reading as needed. 1, or a negative errno. */
@@ -243,7 +345,13 @@ static int read_response(struct imap_client *c, const struct imap_response **res
 			set_error(c, "malformed response from server: %s", perr);
 			return -EPROTO;
 		}
+		if (deadline_passed(c))
+			return too_slow(c);
 		ssize_t n = conn_read(c->conn, c->rbuf, READ_CHUNK);
+		if (n == -ETIMEDOUT && deadline_passed(c))
+			return too_slow(c);
+		if (n > 0)
+			extend_deadline(c, (size_t)n);
 		if (n == 0) {
 			set_error(c, "server closed the connection%s",
 				  imap_parser_literal_remaining(c->parser) ?
@@ -263,11 +371,6 @@ static int read_response(struct imap_client *c, const struct imap_response **res
 				perr = "unexpected input";
 			set_error(c, "malformed response from server: %s", perr);
 			return -EPROTO;
-		}
-		if (c->deadline && monotonic_ms() > c->deadline) {
-			set_error(c, "the server is too slow: no complete answer in %d s",
-				  c->deadline_s);
-			return -ETIMEDOUT;
 		}
 	}
 }
@@ -331,6 +434,7 @@ static int vsend(struct imap_client *c, const char *fmt, va_list ap)
 	}
 	va_end(ap2);
 	trace_command(c, buf, (size_t)(n + r));
+	arm_deadline(c, (size_t)(n + r) + 2);
 	memcpy(buf + n + r, "\r\n", 2);
 	int w = conn_write(c->conn, buf, (size_t)(n + r) + 2);
 	if (buf != stackbuf) {
@@ -339,10 +443,8 @@ static int vsend(struct imap_client *c, const char *fmt, va_list ap)
 	} else {
 		OPENSSL_cleanse(stackbuf, sizeof(stackbuf));
 	}
-	if (w < 0) {
-		set_error(c, "cannot send to server: %s", strerror(-w));
-		return w;
-	}
+	if (w < 0)
+		return write_failed(c, w);
 	return tag;
 }
 
@@ -377,7 +479,7 @@ void imap_code_args(const struct imap_response *r, char *buf, size_t size)
 
 static void copy_completion(struct imap_client *c, const struct imap_response *r)
 {
-	snprintf(c->text, sizeof(c->text), "%s", r->text);
+	server_text(c->text, sizeof(c->text), r->text);
 	c->code[0] = '\0';
 	c->code_args[0] = '\0';
 	if (r->code_count > 0 && r->code[0].type == IMAP_ARG_ATOM) {
@@ -386,13 +488,39 @@ static void copy_completion(struct imap_client *c, const struct imap_response *r
 	}
 }
 
+/* Keep the completion just copied (text, code) as tag's result, for the
+ * wait that asks for it.  -1 when there is no room (we are lost). */
+static int keep_early(struct imap_client *c, int tag, int result)
+{
+	struct early_done *e;
+
+	if (c->nearly == EARLY_MAX) {
+		set_error(c, "too many commands completed out of order");
+		return -1;
+	}
+	e = &c->early[c->nearly++];
+	e->tag = tag;
+	e->result = result;
+	snprintf(e->text, sizeof(e->text), "%s", c->text);
+	snprintf(e->code, sizeof(e->code), "%s", c->code);
+	snprintf(e->code_args, sizeof(e->code_args), "%s", c->code_args);
+	return 0;
+}
+
 const char *imap_client_code_args(const struct imap_client *c)
 {
 	return c->code_args;
 }
 
+static int await(struct imap_client *c, int tag, imap_untagged_fn *cb, void *ctx,
+		 bool until_continuation);
+
+/* await()'s answer when the "+" came first. */
+#define CONTINUED 100
+
 int imap_client_send_literal(struct imap_client *c, const char *prefix,
-			     const void *data, size_t len, const char *suffix)
+			     const void *data, size_t len, const char *suffix,
+			     imap_untagged_fn *cb, void *ctx)
 {
 	char head[1024];
 	int tag = c->next_tag++;
@@ -406,21 +534,22 @@ int imap_client_send_literal(struct imap_client *c, const char *prefix,
 	if (n < 0 || (size_t)n >= sizeof(head) - 2)
 		return -E2BIG;
 	log_trace(c->trace_name, '>', head, (size_t)n);
+	arm_deadline(c, (size_t)n + 2 + len);
 	memcpy(head + n, "\r\n", 2);
 	r = conn_write(c->conn, head, (size_t)n + 2);
 	if (r < 0)
 		goto fail;
 	if (!plus) {
-		const struct imap_response *resp;
-
-		r = read_response(c, &resp);
+		r = await(c, tag, cb, ctx, true);
 		if (r < 0)
 			return r;
-		if (resp->kind != IMAP_RESP_CONTINUATION) {
-			/* Refused before the data: this is the completion.
-			 * Remember it and let the caller's wait see it. */
-			set_error(c, "server refused a literal: %s", resp->text);
-			return -EPROTO;
+		if (r != CONTINUED) {
+			/* Refused before the data (NO [OVERQUOTA], [TRYCREATE],
+			 * [TOOBIG]...): that is the command's result, and the
+			 * connection is fine.  The caller's wait finds it. */
+			if (keep_early(c, tag, r) < 0)
+				return -EPROTO;
+			return tag;
 		}
 	}
 	r = conn_write(c->conn, data, len);
@@ -433,8 +562,7 @@ int imap_client_send_literal(struct imap_client *c, const char *prefix,
 	log_trace(c->trace_name, '>', "{literal sent}", 14);
 	return tag;
 fail:
-	set_error(c, "cannot send to server: %s", strerror(-r));
-	return r;
+	return write_failed(c, r);
 }
 
 static int status_result(enum imap_status st)
@@ -449,22 +577,13 @@ static int status_result(enum imap_status st)
 	}
 }
 
-int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
-		     void *ctx)
+/* Read until command `tag` completes (its imap_result), or with
+ * until_continuation until a "+" comes (CONTINUED), whichever is first. */
+static int await(struct imap_client *c, int tag, imap_untagged_fn *cb, void *ctx,
+		 bool until_continuation)
 {
 	char want[16];
 
-	for (size_t i = 0; i < c->nearly; i++) {
-		if (c->early[i].tag != tag)
-			continue;
-		int result = c->early[i].result;
-
-		snprintf(c->text, sizeof(c->text), "%s", c->early[i].text);
-		snprintf(c->code, sizeof(c->code), "%s", c->early[i].code);
-		snprintf(c->code_args, sizeof(c->code_args), "%s", c->early[i].code_args);
-		c->early[i] = c->early[--c->nearly];
-		return result;
-	}
 	snprintf(want, sizeof(want), "A%d", tag);
 	for (;;) {
 		const struct imap_response *r;
@@ -472,6 +591,8 @@ int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
 
 		if (ret < 0)
 			return ret;
+		if (r->kind == IMAP_RESP_CONTINUATION && until_continuation)
+			return CONTINUED;
 		if (r->kind == IMAP_RESP_TAGGED) {
 			if (strcmp(r->tag, want) != 0) {
 				/* Another pipelined command finished first:
@@ -481,15 +602,15 @@ int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
 				long other = r->tag[0] == 'A' ? strtol(r->tag + 1, &end, 10) : -1;
 
 				if (other <= 0 || *end || other >= c->next_tag || c->nearly == EARLY_MAX) {
-					set_error(c, "unexpected completion for tag %s while waiting for %s",
-						  r->tag, want);
+					set_error(c, "unexpected completion for tag %.32s%s while waiting for %s",
+						  r->tag, strlen(r->tag) > 32 ? "..." : "", want);
 					return -EPROTO;
 				}
 				struct early_done *e = &c->early[c->nearly++];
 
 				e->tag = (int)other;
 				e->result = status_result(r->status);
-				snprintf(e->text, sizeof(e->text), "%s", r->text);
+				server_text(e->text, sizeof(e->text), r->text);
 				e->code[0] = e->code_args[0] = '\0';
 				if (r->code_count > 0 && r->code[0].type == IMAP_ARG_ATOM) {
 					snprintf(e->code, sizeof(e->code), "%s", r->code[0].v.str);
@@ -503,11 +624,28 @@ int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
 		if (r->kind == IMAP_RESP_UNTAGGED && r->status == IMAP_STATUS_BYE) {
 			/* BYE is followed by the close; keep its text for
 			 * the error message, and let the read fail. */
-			snprintf(c->text, sizeof(c->text), "%s", r->text);
+			server_text(c->text, sizeof(c->text), r->text);
 		}
 		if (cb)
 			cb(ctx, r);
 	}
+}
+
+int imap_client_wait(struct imap_client *c, int tag, imap_untagged_fn *cb,
+		     void *ctx)
+{
+	for (size_t i = 0; i < c->nearly; i++) {
+		if (c->early[i].tag != tag)
+			continue;
+		int result = c->early[i].result;
+
+		snprintf(c->text, sizeof(c->text), "%s", c->early[i].text);
+		snprintf(c->code, sizeof(c->code), "%s", c->early[i].code);
+		snprintf(c->code_args, sizeof(c->code_args), "%s", c->early[i].code_args);
+		c->early[i] = c->early[--c->nearly];
+		return result;
+	}
+	return await(c, tag, cb, ctx, false);
 }
 
 int imap_client_run(struct imap_client *c, imap_untagged_fn *cb, void *ctx,
@@ -546,6 +684,9 @@ int imap_client_poll(struct imap_client *c, int timeout_ms,
 		if (r <= 0)
 			return r;
 	}
+	/* IDLE waits as long as it likes for the server to speak, but a
+	 * response that has begun must end like a command's. */
+	arm_deadline(c, 0);
 	return read_response(c, resp_r);
 }
 
@@ -560,12 +701,11 @@ int imap_client_raw(struct imap_client *c, const char *line)
 	if (len + 2 > sizeof(buf))
 		return -E2BIG;
 	log_trace(c->trace_name, '>', line, len);
+	arm_deadline(c, len + 2);
 	memcpy(buf, line, len);
 	memcpy(buf + len, "\r\n", 2);
 	r = conn_write(c->conn, buf, len + 2);
-	if (r < 0)
-		set_error(c, "cannot send to server: %s", strerror(-r));
-	return r;
+	return r < 0 ? write_failed(c, r) : r;
 }
 
 int imap_client_enable(struct imap_client *c, const char *exts)
@@ -719,7 +859,6 @@ int imap_client_open(struct imap_client **client_r,
 		.implicit_tls = o->url->implicit_tls,
 		.cafile = o->cafile,
 		.insecure = o->insecure,
-		.io_timeout_ms = o->io_timeout_ms,
 	};
 	const struct imap_response *resp;
 	const char *err;
@@ -738,12 +877,15 @@ int imap_client_open(struct imap_client **client_r,
 	c->parser = imap_parser_new(&limits);
 	c->next_tag = 1;
 	c->alive = true;
+	c->scale = timeout_scale();
+	co.io_timeout_ms = (int)((o->io_timeout_ms > 0 ? o->io_timeout_ms : IO_TIMEOUT_MS) * c->scale);
 	snprintf(c->trace_name, sizeof(c->trace_name), "%s", o->trace_name ? o->trace_name : "imap");
 	if (!c->rbuf || !c->parser)
 		return fail(&c, false, auth_failed_r, error_r, "out of memory");
 	if (conn_open(&c->conn, &co, &err) < 0)
 		return fail(&c, false, auth_failed_r, error_r, "%s", err);
 
+	arm_deadline(c, 0);
 	r = read_response(c, &resp);
 	if (r < 0)
 		return fail(&c, false, auth_failed_r, error_r, "%s:%d: no IMAP greeting: %s",
@@ -752,7 +894,8 @@ int imap_client_open(struct imap_client **client_r,
 	    (resp->status != IMAP_STATUS_OK && resp->status != IMAP_STATUS_PREAUTH))
 		return fail(&c, false, auth_failed_r, error_r,
 			    "%s:%d does not greet like an IMAP server (%s)", o->url->host,
-			    o->url->port, resp->status == IMAP_STATUS_BYE ? resp->text : "bad greeting");
+			    o->url->port, resp->status == IMAP_STATUS_BYE ?
+			    server_text(c->text, sizeof(c->text), resp->text) : "bad greeting");
 	preauth = resp->status == IMAP_STATUS_PREAUTH;
 	if (c->caps == 0 && imap_client_run(c, NULL, NULL, "CAPABILITY") != IMAP_RESULT_OK)
 		return fail(&c, false, auth_failed_r, error_r, "%s: CAPABILITY failed: %s",
@@ -817,6 +960,7 @@ void imap_client_close(struct imap_client **cp)
 		return;
 	if (c->alive && c->conn) {
 		conn_set_io_timeout(c->conn, 2000);
+		imap_client_set_deadline(c, 2);
 		imap_client_run(c, NULL, NULL, "LOGOUT");
 	}
 	conn_close(&c->conn);

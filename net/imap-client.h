@@ -8,6 +8,19 @@
  * to a callback, until that tag completes.  Send many, then wait for each
  * in order.
  *
+ * Nothing waits without a bound.  Each read waits at most io_timeout_ms
+ * for its first byte, and each command as a whole (the greeting and each
+ * login step too) must end within 60 s plus 1 s per 16 KiB it moves, sent
+ * (an APPEND's message) or received (a long answer earns its time; a
+ * server trickling short lines does not): past that it fails with
+ * -ETIME (the server answers, too slowly; -ETIMEDOUT is a silent one) and
+ * the connection is dropped.  A caller that knows how much
+ * comes back fixes the bound itself with imap_client_set_deadline().  An
+ * IDLE waits as long as it likes for the server to speak; a response that
+ * has begun is bounded like a command.  For tests only, the environment
+ * variable MAILFS_TEST_TIMEOUT_SCALE (a factor in (0, 1]) shortens the
+ * read timeout and all these deadlines.
+ *
  * A client is owned by one thread at a time.  With -d every line is traced
  * (LOGIN and AUTHENTICATE arguments redacted, literal contents elided). */
 #ifndef MAILFS_IMAP_CLIENT_H
@@ -42,7 +55,7 @@ struct imap_client_opts {
 	const char *password;
 	const char *cafile;
 	bool insecure;
-	int io_timeout_ms;     /* 0: 60 s */
+	int io_timeout_ms;     /* each read and write; 0: 30 s */
 	const char *trace_name; /* "imap", "imap2", ... for -d traces */
 };
 
@@ -89,7 +102,8 @@ int imap_client_send(struct imap_client *client, const char *fmt, ...)
  * for another sent tag is kept for its own wait, but untagged responses go
  * to whichever callback is waiting, so pipeline only commands one callback
  * can handle.  Returns an imap_result (>= 0) or a negative errno when
- * the connection failed (-ETIMEDOUT, -ECONNRESET, -EPROTO for a protocol
+ * the connection failed (-ETIMEDOUT, -ETIME past the deadline, -ECONNRESET,
+ * -EPROTO for a protocol
  * violation, ...).  After a result other than OK, imap_client_text() is the
  * server's text; after a failure, imap_client_error() says what broke. */
 int imap_client_wait(struct imap_client *client, int tag,
@@ -103,10 +117,10 @@ int imap_client_poll(struct imap_client *client, int timeout_ms,
 /* Send one untagged line (IDLE's "DONE"). 0 or a negative errno. */
 int imap_client_raw(struct imap_client *client, const char *line);
 
-/* Bound the total time of what follows, until cleared with 0: a server
- * that trickles bytes never trips the per-read timeout, so a wait that
- * passes the deadline fails with -ETIMEDOUT (and the connection is
- * dropped). */
+/* Bound the total time of what follows (commands sent, waits, writes)
+ * by this many seconds instead of each command's own deadline, until
+ * cleared with 0: a wait that passes it fails with -ETIME (and the
+ * connection is dropped). */
 void imap_client_set_deadline(struct imap_client *client, int seconds);
 
 /* Send and wait in one go. */
@@ -127,10 +141,15 @@ const char *imap_client_code_args(const struct imap_client *client);
 void imap_code_args(const struct imap_response *resp, char *buf, size_t size);
 
 /* Send "TAG prefix {len}" CRLF data suffix CRLF, with LITERAL+ when the
- * server has it, else waiting for the continuation.  Returns the tag or a
- * negative errno; wait for it with imap_client_wait(). */
+ * server has it, else waiting for the continuation, with untagged
+ * responses meanwhile going to cb (may be NULL).  A server may refuse
+ * instead of "+" (NO [OVERQUOTA], [TRYCREATE], [TOOBIG]): the data is then
+ * not sent, the connection stays usable, and the refusal is the command's
+ * result.  Returns the tag or a negative errno; wait for it with
+ * imap_client_wait(), which gives the result either way. */
 int imap_client_send_literal(struct imap_client *client, const char *prefix,
-			     const void *data, size_t len, const char *suffix);
+			     const void *data, size_t len, const char *suffix,
+			     imap_untagged_fn *cb, void *ctx);
 
 /* What broke the connection, for logs ("" if nothing). */
 const char *imap_client_error(const struct imap_client *client);

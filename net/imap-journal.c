@@ -921,7 +921,7 @@ static enum step replay_append(struct worker *w, const struct journal_entry *e)
 			return STEP_STOP;
 		}
 		journal_set_attempted(s->journal, e->seq, err == STORE_OK ? ex.uidnext : 0);
-		tag = imap_client_send_literal(w->client, prefix, e->data, e->len, NULL);
+		tag = imap_client_send_literal(w->client, prefix, e->data, e->len, NULL, NULL, NULL);
 		free(prefix);
 		r = tag < 0 ? tag : imap_client_wait(w->client, tag, NULL, NULL);
 		err = imap_ops_outcome(w, r, "append");

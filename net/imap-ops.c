@@ -22,8 +22,12 @@ static enum store_error refusal(struct imap_client *c)
 
 	if (!strcasecmp(code, "OVERQUOTA") || !strcasecmp(code, "LIMIT"))
 		return STORE_ERR_QUOTA;
-	if (!strcasecmp(code, "NONEXISTENT"))
+	/* TRYCREATE: the target folder is gone (deleted by another
+	 * client), as NONEXISTENT is for the folder itself. */
+	if (!strcasecmp(code, "NONEXISTENT") || !strcasecmp(code, "TRYCREATE"))
 		return STORE_ERR_NOTFOUND;
+	if (!strcasecmp(code, "TOOBIG"))
+		return STORE_ERR_TOOBIG;
 	if (!strcasecmp(code, "NOPERM"))
 		return STORE_ERR_PERM;
 	return STORE_ERR_REFUSED;
@@ -611,7 +615,7 @@ static enum store_error op_append(struct worker *w, struct op *op)
 	/* Cut before the answer (an unmount cuts it at once): the replay
 	 * then looks for it from here on, rather than sending it twice. */
 	op->uidnext = f.uidvalidity ? f.uidnext : 0;
-	tag = imap_client_send_literal(w->client, prefix, op->data, op->len, NULL);
+	tag = imap_client_send_literal(w->client, prefix, op->data, op->len, NULL, NULL, NULL);
 	free(prefix);
 	r = tag < 0 ? tag : imap_client_wait(w->client, tag, NULL, NULL);
 	e = imap_ops_outcome(w, r, "append");

@@ -242,10 +242,11 @@ bool imap_store_stopping(struct istore *s)
 bool imap_store_retry(struct worker *w, int r)
 {
 	/* A connection the server closed is worth one more try (it dropped
-	 * an idle session); a silent one is a dead link, and someone waits.
-	 * At unmount the connections were cut on purpose. */
-	return r < 0 && r != -ETIMEDOUT && w->client && !imap_client_alive(w->client) &&
-	       !imap_store_stopping(w->s);
+	 * an idle session); a silent one is a dead link, and a too slow one
+	 * (-ETIME) would be as slow again, while someone waits.  At unmount
+	 * the connections were cut on purpose. */
+	return r < 0 && r != -ETIMEDOUT && r != -ETIME && w->client &&
+	       !imap_client_alive(w->client) && !imap_store_stopping(w->s);
 }
 
 static void run_job(struct worker *w, struct job *j)
@@ -293,9 +294,12 @@ static void run_job(struct worker *w, struct job *j)
 	case JOB_LIST:
 		break;
 	case JOB_SYNC: {
-		/* Offline with a listing from an earlier session: serve it. */
+		/* Offline with a listing from an earlier session: serve it.
+		 * A server that answers but never finishes is no reason to
+		 * show a folder never listed as empty: that is an error. */
 		struct cache_folder f;
-		enum store_error e = r >= 0 ? STORE_OK : STORE_ERR_OFFLINE;
+		enum store_error e = r >= 0 ? STORE_OK : r == -ETIME ? STORE_ERR_IO :
+				     STORE_ERR_OFFLINE;
 
 		if (r == -ENOENT) {
 			e = STORE_ERR_NOTFOUND;

@@ -33,6 +33,7 @@ enum store_error {
 	STORE_ERR_OFFLINE,   /* server unreachable, nothing cached */
 	STORE_ERR_REFUSED,   /* server said NO */
 	STORE_ERR_QUOTA,     /* over quota */
+	STORE_ERR_TOOBIG,    /* larger than the server takes */
 	STORE_ERR_PERM,      /* not allowed */
 	STORE_ERR_IO,        /* anything else */
 };

@@ -272,6 +272,15 @@ class Scenario:
             c.send(self.body_response(seq, m.uid, m.body))
         c.send(tag + b" OK UID FETCH completed\r\n")
 
+    # -- a synchronizing literal: True to send "+" and read it, or answer the
+    #    command here (its tagged completion) and return False
+    def before_literal(self, c, line):
+        return True
+
+    # -- what this read-only server does not do (STORE, COPY, APPEND, ...)
+    def refuse(self, c, tag):
+        c.send(tag + b" NO [CANNOT] this server is read-only\r\n")
+
     def search(self, c, tag, mb, uids):
         have = sorted(m.uid for m in mb.messages if m.uid in uids)
         c.send(b"* SEARCH%s\r\n%s OK UID SEARCH completed\r\n" % (
@@ -606,6 +615,118 @@ class SyncFaults(Scenario):
             tag, b" ALL " + s if s else b"", tag))
 
 
+@scenario
+class LongTag(Scenario):
+    """The login is answered with a tagged completion whose tag is `tag_len` bytes
+    of atom characters (no tag the client sent), followed by `text_len` bytes of
+    text: for the -d trace of a response, which sees the line before the tag is
+    checked."""
+    name = "long_tag"
+    tag_len = 500
+    text_len = 2000
+
+    def authenticate(self, c, tag, user, password):
+        c.send(b"T" * self.tag_len + b" OK " + b"Y" * self.text_len + CRLF)
+        c.hang()
+
+
+@scenario
+class Trickle(Scenario):
+    """At the step named by `at` ("greeting", "list" or "select"), the server
+    trickles, never completing: the greeting line gets one more byte every
+    `every` seconds, and LIST / SELECT get one short untagged line (a complete
+    `* OK`) every `every` seconds (select: only for the mailbox named
+    `trickle_box`, default "Slow", which the scenario adds).  No per-read
+    timeout longer than `every` ever trips."""
+    name = "trickle"
+    at = "select"
+    every = 1.0
+    trickle_box = b"Slow"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        if self.at == "select" and not self.find(self.trickle_box):
+            self.mailboxes.append(Mailbox(self.trickle_box, [Message(1)]))
+
+    def trickle(self, c):
+        with self.lock:
+            self.trickles = getattr(self, "trickles", 0) + 1
+        try:
+            while not c.closed:
+                c.send(b"* OK still working\r\n")
+                time.sleep(self.every)
+        except (OSError, Closed):
+            pass
+        raise Closed()
+
+    def greeting(self, c):
+        if self.at == "greeting":
+            # A greeting line that never ends, one byte at a time (any complete
+            # untagged OK would be a greeting).
+            try:
+                c.send(b"* OK [CAPABILITY IMAP4rev1")
+                with self.lock:
+                    self.trickles = getattr(self, "trickles", 0) + 1
+                while not c.closed:
+                    time.sleep(self.every)
+                    c.send(b"x")
+            except (OSError, Closed):
+                pass
+            raise Closed()
+        super().greeting(c)
+
+    def list(self, c, tag):
+        if self.at == "list":
+            self.trickle(c)
+        super().list(c, tag)
+
+    def select(self, c, tag, mb, readonly):
+        if self.at == "select" and mb.name == self.trickle_box:
+            self.trickle(c)
+        super().select(c, tag, mb, readonly)
+
+
+@scenario
+class AppendBeforeContinuation(Scenario):
+    """An APPEND's synchronizing literal (the capabilities have no LITERAL+) is
+    answered, instead of "+", with `refusal` (a tagged NO: "[TOOBIG] ...") -- or,
+    with refusal=None, with `untagged` lines first and then "+" (the APPEND is
+    then refused after its data, as this server is read-only)."""
+    name = "append_before_continuation"
+    refusal = b"NO [TOOBIG] Message too large for this server"
+    untagged = b"* 4 EXISTS\r\n* 1 RECENT\r\n"
+
+    def before_literal(self, c, line):
+        if not re.match(rb"\S+ APPEND ", line, re.I):
+            return True
+        with self.lock:
+            self.appends = getattr(self, "appends", 0) + 1
+        if self.refusal is None:
+            c.send(self.untagged)
+            return True
+        c.send(line.split(b" ", 1)[0] + b" " + self.refusal + CRLF)
+        return False
+
+
+@scenario
+class EscapeText(Scenario):
+    """Every refusal (any command this read-only server does not do, and LIST
+    with refuse_list=True) carries `text`: terminal escape sequences and a BEL,
+    which must never reach a terminal or syslog as they are."""
+    name = "escape_text"
+    text = b"\x1b[31mRED\x1b[0m bell\x07 \x1b]0;owned\x07 cursor\x1b[2J done"
+    refuse_list = False
+
+    def list(self, c, tag):
+        if self.refuse_list:
+            c.send(tag + b" NO " + self.text + CRLF)
+            return
+        super().list(c, tag)
+
+    def refuse(self, c, tag):
+        c.send(tag + b" NO [CANNOT] " + self.text + CRLF)
+
+
 # --------------------------------------------------------------------------
 # connections
 
@@ -660,6 +781,8 @@ class Conn:
             if not m or int(m.group(1)) > (64 << 20):
                 return line
             if not m.group(2):
+                if not self.sc.before_literal(self, line):
+                    return None     # refused: the client sends no data
                 self.send(b"+ go ahead\r\n")
             line = line[:m.start()] + nstring(self.read_exact(int(m.group(1)))) + self.readline()
 
@@ -699,6 +822,8 @@ class Conn:
             self.sc.greeting(self)
             while not self.closed:
                 line = self.read_command()
+                if line is None:
+                    continue
                 self.server.record(self.cid, line)
                 self.dispatch(line)
         except (Closed, OSError, ssl.SSLError, ValueError) as e:
@@ -774,7 +899,7 @@ class Conn:
         elif cmd == b"UID":
             self.uid_command(tag, rest)
         else:
-            self.send(tag + b" NO [CANNOT] this server is read-only\r\n")
+            sc.refuse(self, tag)
 
     def uid_command(self, tag, rest):
         sub, _, args = rest.partition(b" ")
@@ -800,7 +925,7 @@ class Conn:
                 {x.uid for x in mb.messages} if not m else set())
             self.sc.search(self, tag, mb, uids)
         else:
-            self.send(tag + b" NO [CANNOT] this server is read-only\r\n")
+            self.sc.refuse(self, tag)
 
 
 # --------------------------------------------------------------------------

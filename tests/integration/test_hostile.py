@@ -167,20 +167,22 @@ class Rig:
         self.servers.append(srv)
         return srv
 
-    def mount(self, srv, names="uid", allow=(), options=(), scheme="imaps"):
+    def mount(self, srv, names="uid", allow=(), options=(), scheme="imaps", debug=False,
+              env=None):
         """mailfs -f in the background; returns conftest's Mount (.proc is the daemon)."""
         return self.mounter.mount(HUser(srv), srv=srv, names=names, scheme=scheme,
-                                  options=list(options), foreground=True, allow=list(allow))
+                                  options=list(options), foreground=True, allow=list(allow),
+                                  debug=debug, env=env)
 
-    def attempt(self, srv, scheme="imaps", timeout=90, options=()):
+    def attempt(self, srv, scheme="imaps", timeout=90, options=(), debug=False, env=None):
         """The detaching mount command, expected to fail.  Peak RSS comes from wait4()."""
         m = self.mounter
         wd = m._workdir("h")
         mnt = os.path.join(wd, "mnt")
         os.makedirs(mnt)
         argv, _, _, _ = m.command(HUser(srv), mnt, scheme, None, True, True, True, None,
-                                  list(options), False, False, wd, srv)
-        env = m.env(wd)
+                                  list(options), False, debug, wd, srv)
+        env = m.env(wd, env)
         out_p, err_p = os.path.join(wd, "stdout"), os.path.join(wd, "stderr")
         t0 = time.time()
         with open(out_p, "wb") as so, open(err_p, "wb") as se:
@@ -928,6 +930,69 @@ def test_empty_list_never_sweeps_the_cache(rig):
     rig.finish(m)
 
 
+# --------------------------------------------------------------------------
+# extra: a tag of 500 bytes in a completion, traced with -d (AUDIT C1: the trace
+# formatted it into a 400-byte stack buffer and went on past its end)
+
+def test_long_tag_traced_with_debug(rig, report):
+    srv = rig.server("long_tag", tag_len=500, text_len=2000)
+    a = rig.attempt(srv, debug=True, timeout=60)
+    report("hostile 500-byte tag with -d: exit %r in %.1f s, last line %r" % (
+        a.rc, a.seconds, a.lines[-1][:160] if a.lines else None))
+    assert not SANITIZER.search(a.sanitizer + a.stderr), \
+        "sanitizer report:\n" + (a.sanitizer + a.stderr)[:6000]
+    assert a.rc is not None and a.rc > 0, a
+    assert a.seconds < 30, a
+    assert not a.leftover, a.leftover
+    # The trace shows the line, cut; the one error line names the stray tag, cut too.
+    traced = [ln for ln in a.lines if "[imap1] < TTTT" in ln]
+    assert traced and all(len(ln) < 1000 for ln in traced), a.lines
+    err = [ln for ln in a.lines if "[imap1]" not in ln and "[debug]" not in ln]
+    assert len(err) == 1 and re.search(r"unexpected completion|tag", err[0]), a.lines
+    assert len(err[0]) < 400, err[0]
+
+
+# --------------------------------------------------------------------------
+# extra: an APPEND refused instead of the "+" continuation, or with untagged responses
+# before it (AUDIT B1: both were taken for a dead connection, close() said success and
+# the journal then retried the APPEND forever)
+
+def _close_errno(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, data)
+    try:
+        os.close(fd)
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def test_append_refused_before_continuation(rig, report):
+    import errno
+    srv = rig.server("append_before_continuation", mailboxes=[hsrv.inbox(2)])
+    m = rig.mount(srv, allow=[r"refused by the server", r"cannot store .*: (File too large|"
+                              r"Permission denied)"])
+    msg = (b"From: a@example.org\r\nSubject: too big\r\nMessage-ID: <big@x>\r\n\r\n" +
+           b"z" * 10000 + b"\r\n")
+    err = _close_errno(P(m, "INBOX", "big.eml"), msg)
+    assert err == errno.EFBIG, "close() after NO [TOOBIG] instead of +: %s" % (
+        errno.errorcode.get(err, err))
+    assert srv.scenario.appends == 1
+    # Untagged responses before the "+": the data goes, the server's answer counts.
+    srv.scenario.refusal = None
+    err = _close_errno(P(m, "INBOX", "second.eml"), msg.replace(b"big@x", b"second@x"))
+    assert err == errno.EACCES, "close() after a NO to the data: %s" % (
+        errno.errorcode.get(err, err))
+    assert srv.scenario.appends == 2
+    st = m.status()
+    report("hostile APPEND refused before +: EFBIG, then EACCES; status %r" % st)
+    assert st.get("pending") == "0" and st.get("state") == "online", st
+    r, _ = sh(["ls", P(m, "INBOX")])
+    assert r.returncode == 0 and r.stdout.split() == [b"1.eml", b"2.eml"], r
+    assert_alive(m)
+    rig.finish(m)
+
+
 @pytest.mark.parametrize("status", [b"NO", b"BAD"])
 def test_refused_flags_fetch_never_sweeps_the_folder(rig, status):
     """New mail arrives (EXISTS grew) and the flags FETCH that would list the UIDs still
@@ -1012,6 +1077,61 @@ def test_absurd_internaldate_zone(rig):
     rig.finish(m)
 
 
+# --------------------------------------------------------------------------
+# extra: a server that trickles one complete untagged line every second and never
+# completes (AUDIT B2: no per-read timeout ever trips, and only the greeting and the
+# fetches had an overall deadline).  MAILFS_TEST_TIMEOUT_SCALE=0.1 (a test knob, see
+# net/imap-client.h) shrinks mailfs's bounds tenfold: a 3 s read timeout, 6 s per command.
+
+TIMEOUT_SCALE = {"MAILFS_TEST_TIMEOUT_SCALE": "0.1"}
+TRICKLE_BOUND_S = 30
+
+
+@pytest.mark.parametrize("at", ["greeting", "list"])
+def test_trickle_at_mount_fails_within_bound(rig, at, report):
+    srv = rig.server("trickle", at=at, every=1.0)
+    a = rig.attempt(srv, timeout=TRICKLE_BOUND_S * 2, env=TIMEOUT_SCALE)
+    report("hostile trickle at %s: mount exit %r after %.1f s: %r" % (
+        at, a.rc, a.seconds, a.stderr.strip()))
+    one_line_failure(a, r"too slow", max_seconds=TRICKLE_BOUND_S)
+    assert srv.scenario.trickles >= 1
+
+
+def test_trickle_in_select_readdir_fails_within_bound(rig, report):
+    srv = rig.server("trickle", at="select", every=1.0, mailboxes=[hsrv.inbox(2)])
+    m = rig.mount(srv, env=TIMEOUT_SCALE,
+                  allow=[r"too slow", r"cannot open folder Slow", r"connection lost"])
+    t0 = time.time()
+    lister = subprocess.Popen(["ls", P(m, "Slow")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        _, err = lister.communicate(timeout=TRICKLE_BOUND_S * 2)
+        ended, secs = True, time.time() - t0
+    except subprocess.TimeoutExpired:
+        ended, secs, err = False, time.time() - t0, b""
+        # Release the parked request (the reader cannot be killed while the daemon holds
+        # it): the server stops trickling and cuts the connections, the retry is answered.
+        srv.scenario.at = None
+        srv.drop_all()
+        lister.kill()
+        try:
+            lister.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    report("hostile trickle in SELECT: ls %s after %.1f s: %r" % (
+        "ended" if ended else "still blocked", secs, err.strip()))
+    assert ended, "ls of a folder whose SELECT trickles did not end in %d s" % (
+        TRICKLE_BOUND_S * 2)
+    assert lister.returncode != 0 and b"Input/output error" in err, (lister.returncode, err)
+    assert secs < TRICKLE_BOUND_S, secs
+    assert srv.scenario.trickles >= 1
+    # The rest of the mount is unaffected.
+    r, _ = sh(["ls", P(m, "INBOX")])
+    assert r.returncode == 0 and r.stdout.split() == [b"1.eml", b"2.eml"], r
+    assert_alive(m)
+    rig.finish(m)
+
+
 def test_readahead_skips_a_message_over_the_budget(rig):
     """Opening the message before a huge one must not fetch the huge one too: read-ahead
     always added the first uncached successor whatever its size (over 256 MiB that
@@ -1030,5 +1150,35 @@ def test_readahead_skips_a_message_over_the_budget(rig):
     r, _ = read_file(P(m, "INBOX", "2.eml"), timeout=60)
     assert r.returncode == 0 and r.stdout == inbox.messages[1].body
     assert 2 in _body_uids(srv, 0)
+    assert_alive(m)
+    rig.finish(m)
+
+
+# --------------------------------------------------------------------------
+# extra: a refusal whose text holds terminal escape sequences and a BEL (AUDIT D2):
+# what mailfs prints -- the mount command's error line, a daemon's warnings -- shows
+# them escaped, never raw
+
+RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def test_escape_sequences_in_refusal_at_mount(rig):
+    srv = rig.server("escape_text", refuse_list=True)
+    a = rig.attempt(srv)
+    assert not RAW_CONTROL.search(a.stderr), "raw control bytes reach the terminal: %r" % (
+        a.stderr)
+    one_line_failure(a, r"RED")
+    assert "\\x1b[31mRED" in a.lines[0], a.lines[0]
+
+
+def test_escape_sequences_in_refusal_logged(rig):
+    srv = rig.server("escape_text", mailboxes=[hsrv.inbox(2)])
+    m = rig.mount(srv, allow=[r"refused by the server"])
+    r, _ = sh(["rm", P(m, "INBOX", "1.eml")])
+    assert r.returncode != 0, r       # this server refuses every change
+    log = m.log()
+    assert "RED" in log, "the refusal was not logged: %r" % log
+    assert not RAW_CONTROL.search(log), "raw control bytes in the daemon's stderr: %r" % log
+    assert "\\x1b[31mRED\\x1b[0m bell\\x07" in log, log
     assert_alive(m)
     rig.finish(m)
