@@ -466,10 +466,14 @@ void fs_files_drop(struct mfs *m, struct new_fh *n)
 	free_now = n->released;
 	pthread_mutex_unlock(&m->lock);
 	reply_waiters(w, 0);
-	mfs_note_push(m, folder_ino(n->folder_id), n->name, 0);
-	if (free_now)
+	/* Otherwise n is the RELEASE's now (on another thread, maybe freed
+	 * already), and that RELEASE notifies the name. */
+	if (free_now) {
+		mfs_note_push(m, folder_ino(n->folder_id), n->name, 0);
 		fs_files_free(n);
+	}
 }
+
 
 /* The end of an APPEND (or of its attempt): every FLUSH that waited for it
  * gets its result.  Frees a. */

@@ -287,6 +287,44 @@ def test_rename_and_unlink_before_release(make_user, mount):
         [1600000000 + k for k in range(5)]
 
 
+def test_unlink_races_release(make_user, mount):
+    """unlink() of a closed temporary file while another thread's close() of the last fd
+    sends its RELEASE: one of them frees the file, the other must not touch it after
+    (run under ASan: a use-after-free there is a sanitizer report and a failed test)."""
+    u = setup_user(make_user, {"INBOX": [], "Imported": []})
+    acct = u.account()
+    m = mount(u)
+    d = fpath(m, "Imported")
+    errors = []
+
+    def worker(t):
+        for i in range(40):
+            tmp = os.path.join(d, ".junk.%d.%03d" % (t, i))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, make_msg("ur", t * 1000 + i))
+                fd2 = os.dup(fd)
+                os.close(fd)                  # FLUSH: deferred, the dup holds it
+                go = threading.Barrier(2)
+                closer = threading.Thread(target=lambda: (go.wait(), os.close(fd2)))
+                closer.start()
+                go.wait()
+                os.unlink(tmp)                # races the dup's RELEASE
+                closer.join()
+            except OSError as e:
+                errors.append((t, i, e))
+    ts = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[:5]
+    time.sleep(6.5)  # nothing given up is stored later
+    assert m.proc.poll() is None, "mailfs died"
+    assert server_mids(acct, "Imported") == {}
+    assert os.listdir(d) == []
+
+
 def test_rsync_twice_with_one_change(make_user, mount, tmp_path):
     u = setup_user(make_user, {"INBOX": [], "Imported": [make_msg("rsk", 99)]})
     acct = u.account()
