@@ -177,11 +177,11 @@ void fs_changes_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	if (n) {
 		int err = 0;
 
-		if ((to_set & FUSE_SET_ATTR_SIZE) && !n->appended &&
-		    ftruncate(n->fd, attr->st_size) < 0)
-			err = errno;
-		else if ((to_set & FUSE_SET_ATTR_SIZE) && n->appended)
+		/* As write: not while an APPEND reads it, nor after. */
+		if ((to_set & FUSE_SET_ATTR_SIZE) && (n->appended || n->appending))
 			err = EACCES;
+		else if ((to_set & FUSE_SET_ATTR_SIZE) && ftruncate(n->fd, attr->st_size) < 0)
+			err = errno;
 		if (to_set & FUSE_SET_ATTR_MTIME)
 			n->mtime = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? time(NULL) : attr->st_mtime;
 		if (!err)

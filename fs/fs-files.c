@@ -342,18 +342,25 @@ void fs_files_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size
 		return;
 	}
 	struct new_fh *n = (struct new_fh *)h;
-	if (n->appended) {
-		/* The message exists on the server now: immutable. */
-		fuse_reply_err(req, EACCES);
-		return;
-	}
-	ssize_t w = pwrite(n->fd, buf, size, off);
-	if (w < 0) {
-		fuse_reply_err(req, errno);
-		return;
-	}
-	n->written = true;
-	fuse_reply_write(req, (size_t)w);
+	ssize_t w;
+	int err = 0;
+
+	/* Under the lock, so that no APPEND (which reads the file once) can
+	 * start between the check and the write: a write while one is under
+	 * way would reach nobody, and once appended the message exists on
+	 * the server: immutable. */
+	pthread_mutex_lock(&m->lock);
+	if (n->appending || n->appended)
+		err = EACCES;
+	else if ((w = pwrite(n->fd, buf, size, off)) < 0)
+		err = errno;
+	else
+		n->written = true;
+	pthread_mutex_unlock(&m->lock);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_write(req, (size_t)w);
 }
 
 /* Does the file start with a header section ("Name: value" lines)?  A
@@ -473,7 +480,6 @@ void fs_files_drop(struct mfs *m, struct new_fh *n)
 		fs_files_free(n);
 	}
 }
-
 
 /* The end of an APPEND (or of its attempt): every FLUSH that waited for it
  * gets its result.  Frees a. */

@@ -325,6 +325,48 @@ def test_unlink_races_release(make_user, mount):
     assert os.listdir(d) == []
 
 
+def test_write_during_append_refused(make_user, mount):
+    """A write that lands while the APPEND of its file is under way (a shared fd: a child
+    closed its copy) must fail, not succeed and never reach the server: every byte a
+    successful write() wrote is on the server."""
+    u = setup_user(make_user, {"INBOX": []})
+    acct = u.account()
+    m = mount(u)
+    path = os.path.join(fpath(m, "INBOX"), "shared fd.eml")
+    head = make_msg("wda", 0) + b"x" * 70 + b"\r\n"
+    head += (b"y" * 70 + b"\r\n") * (4 * 1024 * 1024 // 72)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, head)
+    dup = os.dup(fd)
+    done = threading.Event()
+    ok, refused = [], []
+    closer = threading.Thread(target=lambda: (os.close(dup), done.set()))
+    closer.start()                            # FLUSH: the APPEND starts
+    off, k = len(head), 0
+    try:
+        while not done.is_set() or k < 5:
+            line = b"line %06d\r\n" % k
+            try:
+                os.pwrite(fd, line, off)
+            except OSError as e:
+                refused.append(e.errno)
+            else:
+                ok.append(line)
+                off += len(line)
+            k += 1
+    finally:
+        closer.join()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    assert refused and set(refused) == {errno.EACCES}, (len(ok), set(refused))
+    uids = acct.list_uids("INBOX")
+    assert len(uids) == 1, uids
+    assert acct.fetch_bytes("INBOX", uids[0]) == head + b"".join(ok), \
+        "%d writes succeeded after the APPEND read the file" % len(ok)
+
+
 def test_rsync_twice_with_one_change(make_user, mount, tmp_path):
     u = setup_user(make_user, {"INBOX": [], "Imported": [make_msg("rsk", 99)]})
     acct = u.account()
