@@ -44,6 +44,9 @@ struct op {
 	size_t len;
 	int64_t mtime;
 	uint32_t uidnext; /* APPEND: the folder's UIDNEXT before it was sent */
+	/* MOVE: done only when proven (a COPYUID with the new UID, or the
+	 * message found in the destination), not on OK alone */
+	bool confirm;
 	store_done_fn *done;
 	void *ctx;
 };
