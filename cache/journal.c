@@ -369,6 +369,34 @@ int journal_renumber(struct journal *j, int64_t folder_id, uint32_t uid, int64_t
 	return ret;
 }
 
+int journal_find_replacement(struct journal *j, int64_t folder_id, const char *name,
+			     uint32_t *local_uid_r)
+{
+	sqlite3_stmt *st;
+	int ret, rc;
+
+	pthread_mutex_lock(&j->lock);
+	ret = journal_run(j, "SELECT CASE kind WHEN ?3 THEN uid ELSE to_uid END FROM journal"
+			     " WHERE ((kind = ?3 AND folder_id = ?1) OR (kind = ?4 AND to_folder_id = ?1))"
+			     " AND name LIKE '.mailfs-%' AND length(name) > length(?2) + 9"
+			     " AND substr(name, length(name) - length(?2)) = '-' || ?2"
+			     " ORDER BY seq DESC LIMIT 1", &st);
+	if (ret == 0) {
+		sqlite3_bind_int64(st, 1, folder_id);
+		bind_text(st, 2, name);
+		sqlite3_bind_int(st, 3, JOURNAL_APPEND);
+		sqlite3_bind_int(st, 4, JOURNAL_MOVE);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW)
+			*local_uid_r = (uint32_t)sqlite3_column_int64(st, 0);
+		else
+			ret = rc == SQLITE_DONE ? -ENOENT : journal_failed(j, rc);
+		sqlite3_finalize(st);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
 unsigned journal_count(struct journal *j)
 {
 	sqlite3_stmt *st;

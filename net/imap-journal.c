@@ -79,6 +79,15 @@ static enum store_error apply_remove(struct istore *s, struct op *op, struct cac
 	/* To find the message again after a UIDVALIDITY change. */
 	e.name = m.name;
 	e.message_id = m.message_id;
+	/* rename() onto this message: its replacement, journaled before,
+	 * must reach the server first.  The entry names the replacement's
+	 * local UID as to_uid; its replay's renumbering makes that the
+	 * server's (AUDIT A5). */
+	if (journal_find_replacement(s->journal, op->folder_id, m.name, &e.to_uid) == 0 &&
+	    journal_uid_is_local(e.to_uid))
+		e.to_folder_id = op->folder_id;
+	else
+		e.to_uid = 0;
 	if ((err = record(s, &e)) == STORE_OK) {
 		cache_msg_delete(s->cache, op->folder_id, op->uid);
 		imap_store_emit_entry(s, op->folder_id, m.name);
@@ -622,6 +631,14 @@ static enum step replay_remove(struct worker *w, const struct journal_entry *e)
 
 	if (journal_uid_is_local(e->uid))
 		return STEP_DONE; /* its arrival never reached the server */
+	if (journal_uid_is_local(e->to_uid)) {
+		/* Replaced by a message that never reached the server (refused,
+		 * or not found after): rename(2) leaves the old one. */
+		log_warn("journal: %s in %s was to be replaced by a message that never reached "
+			 "the server; it is kept", e->name ? e->name : "a message", e->server_name);
+		relist(w->s, e->folder_id);
+		return STEP_DONE;
+	}
 	if (open_folder(w, e, &ok, &ex, &uid) == STEP_STOP)
 		return STEP_STOP;
 	if (!ok)

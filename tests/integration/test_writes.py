@@ -165,6 +165,54 @@ def test_offline_rename_over_message_replayed(outage):
     assert read(os.path.join(o.inbox, victim)) == new
 
 
+def test_offline_rename_over_message_refused_keeps_old(make_user, mount, quota_server):
+    """Offline, rename() over a message journals the new one's APPEND, then the old one's
+    expunge.  If the server refuses that APPEND at the replay (over quota), the expunge
+    must not run: the old message stays on the server (the new one goes to unsent/)."""
+    from faultproxy import FaultProxy
+    from test_offline import OFFLINE_LINES, via, go_offline as down, come_back as up
+    old = make_msg("offq-old", 1)
+    u = make_user("offq", srv=quota_server)
+    quota_server.create_folders(u.name, ["Trash", "Sent", "Drafts", "Junk"])
+    u.append_many("INBOX", [old])
+    acct = u.account()
+    proxy = FaultProxy(("127.0.0.1", quota_server.ports["imaps"])).start()
+    try:
+        m = mount(u, source=via(proxy, u), options=["poll=2"], srv=quota_server,
+                  allow=OFFLINE_LINES + REFUSAL_LINES +
+                  [r"cannot store|refused a message written offline|never reached the server"])
+        o = collections.namedtuple("O", "proxy mount")(proxy, m)
+        inbox = fpath(m, "INBOX")
+        name = names_by_mid(inbox)[mid_of(old)]
+        assert read(os.path.join(inbox, name)) == old
+        down(o)
+        new = big_msg("offq-new", QUOTA_KB * 2)
+        tmp = os.path.join(inbox, "." + name + ".Zz9Yy8")
+        write_new(tmp, new)
+        os.rename(tmp, os.path.join(inbox, name))
+        assert journal_kinds(m) == [JOURNAL_APPEND, JOURNAL_REMOVE]
+        up(o)
+        assert mids_count(acct, "INBOX") == collections.Counter([mid_of(old)]), \
+            "the old message was expunged though its replacement was refused"
+        assert os.listdir(os.path.join(m.cache_dir, "unsent")), "the new one was not kept"
+        with open(os.path.join(m.path, ".mailfs", "sync"), "w") as f:
+            f.write("1\n")
+        assert wait_until(lambda: [n for n in os.listdir(inbox)
+                                   if read(os.path.join(inbox, n)) == old], 20), \
+            os.listdir(inbox)
+    finally:
+        proxy.stop()
+
+
+def wait_until(pred, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.3)
+    return pred()
+
+
 # --------------------------------------------------------------------------
 # A7: close() of a dup'ed fd, twice at once, sends one APPEND
 
