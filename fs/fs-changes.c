@@ -419,11 +419,11 @@ static char *replace_tmp_name(struct mfs *m, int64_t folder, const char *name)
 			len--;
 	}
 	for (int tries = 0; tries < 100; tries++) {
-		unsigned seq = __atomic_add_fetch(&m->replace_seq, 1, __ATOMIC_RELAXED);
+		uint64_t seq = __atomic_add_fetch(&m->replace_seq, 1, __ATOMIC_RELAXED);
 		struct cache_msg taken;
 		char *t = NULL;
 
-		if (asprintf(&t, ".mailfs-%u-%.*s", seq, (int)len, name) < 0)
+		if (asprintf(&t, ".mailfs-%llu-%.*s", (unsigned long long)seq, (int)len, name) < 0)
 			return NULL;
 		if (cache_msg_lookup(m->cache, folder, t, &taken) < 0)
 			return t;
@@ -454,20 +454,73 @@ static char *replace_free_name(struct mfs *m, int64_t folder, const char *name)
 	return NULL;
 }
 
+bool fs_changes_is_replace_name(const char *name, uint64_t *seq_r)
+{
+	char *end;
+
+	if (strncmp(name, ".mailfs-", 8) != 0 || name[8] < '0' || name[8] > '9')
+		return false;
+	*seq_r = strtoull(name + 8, &end, 10);
+	return *end == '-';
+}
+
+/* Rename row uid to `name`, or if that is taken, to a free "NAME (n).eml":
+ * a name that stays visible.  The name it got (to free), or NULL. */
+static char *rename_visible(struct mfs *m, int64_t folder, uint32_t uid, const char *old,
+			    const char *name)
+{
+	char *got = strdup(name);
+
+	if (got && cache_msg_rename(m->cache, folder, uid, got) < 0) {
+		free(got);
+		got = replace_free_name(m, folder, name);
+		if (got && cache_msg_rename(m->cache, folder, uid, got) < 0) {
+			free(got);
+			got = NULL;
+		}
+		if (got)
+			log_warn("%s is taken: the new message is %s", name, got);
+	}
+	if (got) {
+		mfs_note_push(m, folder_ino(folder), old, 0);
+		mfs_note_push(m, folder_ino(folder), got, 0);
+	}
+	return got;
+}
+
+char *fs_changes_adopt_leftover(struct mfs *m, int64_t folder, uint32_t uid, const char *name)
+{
+	const char *real = strchr(name + 8, '-') + 1;
+
+	log_info("%s: a replacement left by an earlier session; it is %s again", name, real);
+	return *real ? rename_visible(m, folder, uid, name, real) : NULL;
+}
+
 /* Give the new message (under p->tmp_name) the name `name`. */
 static void replace_name(struct parked *p, const char *name)
 {
 	struct mfs *m = p->m;
 	struct cache_msg nm;
 
-	/* Not there under it: no APPENDUID/COPYUID, the sync named it. */
 	if (!name || cache_msg_lookup(m->cache, p->to_folder_id, p->tmp_name, &nm) < 0)
 		return;
-	if (cache_msg_rename(m->cache, p->to_folder_id, nm.uid, name) == 0) {
-		mfs_note_push(m, folder_ino(p->to_folder_id), p->tmp_name, 0);
-		mfs_note_push(m, folder_ino(p->to_folder_id), name, 0);
+	free(rename_visible(m, p->to_folder_id, nm.uid, p->tmp_name, name));
+	cache_msg_clear(&nm);
+}
+
+/* Is the new message in the cache under p->tmp_name?  Not without
+ * APPENDUID/COPYUID: the sync lists it under a name of its own. */
+static bool replace_known(struct parked *p)
+{
+	struct cache_msg nm;
+
+	if (cache_msg_lookup(p->m->cache, p->to_folder_id, p->tmp_name, &nm) < 0) {
+		log_warn("%s: the new message is on the server, but its UID is not known; the "
+			 "old one is kept", p->name);
+		return false;
 	}
 	cache_msg_clear(&nm);
+	return true;
 }
 
 static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
@@ -503,6 +556,8 @@ static void replace_appended(void *ctx, int err)
 {
 	struct parked *p = ctx;
 
+	if (!err && !replace_known(p))
+		err = EIO;
 	if (err) {
 		/* The old message is untouched, the temporary file waits. */
 		fuse_reply_err(p->req, err);
@@ -523,10 +578,14 @@ static void replace_moved(void *ctx, enum store_error err, bool changed)
 		replace_free(p);
 		return;
 	}
-	if (cache_msg_lookup(p->m->cache, p->to_folder_id, p->tmp_name, &msg) == 0) {
-		mfs_note_moved(p->m, msg_ino(p->folder_id, p->uid), msg_ino(p->to_folder_id, msg.uid));
-		cache_msg_clear(&msg);
+	if (cache_msg_lookup(p->m->cache, p->to_folder_id, p->tmp_name, &msg) < 0) {
+		replace_known(p);
+		fuse_reply_err(p->req, EIO);
+		replace_free(p);
+		return;
 	}
+	mfs_note_moved(p->m, msg_ino(p->folder_id, p->uid), msg_ino(p->to_folder_id, msg.uid));
+	cache_msg_clear(&msg);
 	replace_remove_victim(p);
 }
 

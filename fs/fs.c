@@ -602,6 +602,22 @@ static void do_readdir(struct mfs *m, fuse_req_t req, fuse_ino_t ino, size_t siz
 		    n == 0)
 			break;
 		for (size_t i = 0; i < n && !full; i++) {
+			uint64_t seq;
+			char *adopted = NULL;
+
+			/* A replacement under way is not listed: a walk (rsync, find)
+			 * would see it vanish.  One an earlier session left (a kill
+			 * -9 in the middle) gets its real name now. */
+			if (fs_changes_is_replace_name(msgs[i].name, &seq)) {
+				if (seq > m->replace_base ||
+				    !(adopted = fs_changes_adopt_leftover(m, folder, msgs[i].uid,
+									  msgs[i].name))) {
+					off = MSG_COOKIE + msgs[i].uid;
+					continue;
+				}
+				free(msgs[i].name);
+				msgs[i].name = adopted;
+			}
 			mfs_attr_msg(m, &msgs[i], &st);
 			full = !add_entry(req, buf, size, &pos, plus, msgs[i].name, st.st_ino, &st,
 					  gen, MSG_COOKIE + msgs[i].uid);
@@ -767,6 +783,7 @@ struct mfs *mfs_new(const struct mfs_opts *o)
 	m->uid = getuid();
 	m->gid = getgid();
 	m->started = time(NULL);
+	m->replace_base = m->replace_seq = (uint64_t)m->started * 1000000u;
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->cond, NULL);
 	return m;

@@ -213,6 +213,72 @@ def wait_until(pred, timeout):
     return pred()
 
 
+def test_leftover_replacement_names_are_adopted(make_user, mount):
+    """A kill -9 between a replacement's APPEND and its renaming leaves a row named
+    ".mailfs-N-NAME": the next mount shows it as NAME (or a free "NAME (2).eml" when NAME
+    is taken), never under the hidden name."""
+    a, b, c = make_msg("left", 0), make_msg("left", 1), make_msg("left", 2)
+    u = setup_user(make_user, {"INBOX": [a, b, c]})
+    m = mount(u)
+    inbox = fpath(m, "INBOX")
+    names = names_by_mid(inbox)
+    na, nb, nc = names[mid_of(a)], names[mid_of(b)], names[mid_of(c)]
+    mnt, cache = m.path, m.cache_dir
+    assert m.unmount() == []
+    db = sqlite3.connect(os.path.join(cache, "index.sqlite"))
+    with db:
+        db.execute("UPDATE messages SET name = ? WHERE name = ?", (".mailfs-7-" + na, na))
+        db.execute("UPDATE messages SET name = ? WHERE name = ?", (".mailfs-8-" + nc, nb))
+    db.close()
+    m = mount(u, mnt=mnt, cache_dir=cache, allow=[r"is taken: the new message is"])
+    stem = nc[:-4] if nc.endswith(".eml") else nc
+    listing = sorted(os.listdir(inbox))
+    assert not [x for x in listing if x.startswith(".")], listing
+    assert listing == sorted([na, nc, stem + " (2).eml"]), listing
+    assert read(os.path.join(inbox, na)) == a
+    assert read(os.path.join(inbox, nc)) == c
+    assert read(os.path.join(inbox, stem + " (2).eml")) == b
+
+
+def test_two_renames_onto_one_name(make_user, mount):
+    """Two temporary files renamed onto the same message at once: the name ends up with
+    one of them, and the other is still to be seen in the mount (under a free name), not
+    hidden under its temporary one."""
+    u = setup_user(make_user, {"INBOX": [make_msg("two", 0)]})
+    acct = u.account()
+    m = mount(u)
+    inbox = fpath(m, "INBOX")
+    name = sorted(os.listdir(inbox))[0]
+    for r in range(4):
+        tmps = []
+        for k in range(2):
+            t = os.path.join(inbox, ".%s.%d%d" % (name, r, k))
+            write_new(t, make_msg("two-%d" % r, k + 1))
+            tmps.append(t)
+        go = threading.Barrier(2)
+        errs = []
+
+        def mv(t):
+            go.wait()
+            try:
+                os.rename(t, os.path.join(inbox, name))
+            except OSError as e:
+                errs.append(e)
+        ts = [threading.Thread(target=mv, args=(t,)) for t in tmps]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errs, errs
+    listing = os.listdir(inbox)
+    on_server = server_mids(acct, "INBOX")
+    assert len(listing) == len(on_server), (sorted(listing), sorted(on_server.values()))
+    assert name in listing
+    assert not [x for x in listing if x.startswith(".")], listing
+    assert sorted(mid_of(read(os.path.join(inbox, x))) for x in listing) == \
+        sorted(on_server.values())
+
+
 # --------------------------------------------------------------------------
 # A7: close() of a dup'ed fd, twice at once, sends one APPEND
 
