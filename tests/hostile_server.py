@@ -668,6 +668,23 @@ class Moves(Scenario):
             self.expunged(c, mb, {m.uid for _, m in mb.by_uid(uids) if b"\\Deleted" in m.flags})
         c.send(tag + b" OK EXPUNGE completed\r\n")
 
+    appenduid = True
+
+    def append(self, c, tag, mb, rest):
+        """APPEND: the literal (inlined by read_command) becomes a message; APPENDUID
+        unless appenduid is False (a server without UIDPLUS)."""
+        m = re.search(rb"\{(\d+)\}\r\n", rest)
+        if not m:
+            c.send(tag + b" BAD literal expected\r\n")
+            return
+        data = rest[m.end():m.end() + int(m.group(1))]
+        mid = re.search(rb"(?im)^Message-ID:[ \t]*(\S+)", data)
+        with self.lock:
+            uid = mb.uidnext
+            mb.messages.append(Message(uid, body=data, msgid=mid.group(1) if mid else b"NIL"))
+        code = b"[APPENDUID %d %d] " % (mb.uidvalidity, uid) if self.appenduid else b""
+        c.send(b"%s OK %sAPPEND completed\r\n" % (tag, code))
+
     def search(self, c, tag, mb, uids):
         m = re.search(rb"HEADER MESSAGE-ID \"?([^\" ]+)", c.search_args.upper())
         if not m:
@@ -845,6 +862,13 @@ class Conn:
             self.send(tag + b" OK IDLE terminated\r\n")
         elif cmd == b"UID":
             self.uid_command(tag, rest)
+        elif cmd == b"APPEND" and hasattr(sc, "append"):
+            name, r = parse_astring(rest)
+            mb = sc.find(name)
+            if mb is None:
+                self.send(tag + b" NO [TRYCREATE] Mailbox doesn't exist\r\n")
+            else:
+                sc.append(self, tag, mb, r)
         elif cmd == b"STATUS" and hasattr(sc, "status"):
             name, _ = parse_astring(rest)
             mb = sc.find(name)

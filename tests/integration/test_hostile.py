@@ -1087,3 +1087,30 @@ def test_move_without_copyuid_succeeds(rig):
     assert sorted(os.listdir(P(m, "Archive"))) == ["10.eml", "2.eml"]
     assert_alive(m)
     rig.finish(m)
+
+
+def test_replace_without_appenduid_keeps_victim(rig):
+    """rename() of a new file onto a message, on a server that gives no APPENDUID: the new
+    message's UID is not known, so the old one must stay (and the name with it), not be
+    expunged and leave the name to nothing."""
+    srv, inbox, arch = _moves_server(rig, appenduid=False)
+    m = rig.mount(srv, allow=[r"its UID is not known; the old one is kept"])
+    new = (b"From: A <a@example.org>\r\nSubject: replacement\r\n"
+           b"Message-ID: <new@hostile>\r\n\r\nnew body\r\n")
+    tmp = P(m, "INBOX", ".2.eml.Ab12Cd")
+    with open(tmp, "wb") as f:
+        f.write(new)
+    try:
+        os.rename(tmp, P(m, "INBOX", "2.eml"))
+        renamed = True
+    except OSError as e:
+        assert e.errno == errno.EIO, e
+        renamed = False
+    r, _ = read_file(P(m, "INBOX", "2.eml"))
+    assert r.returncode == 0, "the name vanished"
+    assert r.stdout == (new if renamed else inbox.messages[1].body)
+    assert b"<new@hostile>" in _msgids(inbox)
+    if not renamed:
+        assert b"<m2@hostile>" in _msgids(inbox), "the old message was expunged"
+    assert_alive(m)
+    rig.finish(m)
