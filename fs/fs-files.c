@@ -435,10 +435,11 @@ void fs_files_free(struct new_fh *n)
 	free(n);
 }
 
-/* Back to a temporary file waiting for its rename (or DEFER_SECONDS more). */
+/* Back to a temporary file waiting for its rename: a rename failed. */
 static void untake_locked(struct new_fh *n)
 {
 	n->appending = false;
+	n->keep_local = true;
 	free(n->final_name);
 	n->final_name = NULL;
 	if (n->released)
@@ -580,7 +581,7 @@ void fs_files_append_overdue(struct mfs *m)
 		pthread_mutex_lock(&m->lock);
 		for (struct new_fh *n = m->news; n && !due; n = n->next)
 			if (n->deferred && n->released && !n->appending && !n->appended &&
-			    now - n->released_at >= DEFER_SECONDS)
+			    !n->keep_local && now - n->released_at >= DEFER_SECONDS)
 				due = n;
 		if (due)
 			due->appending = true;

@@ -133,6 +133,10 @@ struct new_fh {
 	 * (a dup'ed fd) waits in `waiters` for its result. */
 	bool appending;
 	bool dropped;      /* unlinked before its RELEASE: RELEASE frees it */
+	/* A rename of it failed (rename(2) leaves the source): it stays a
+	 * local file, to be renamed again or unlinked, and is never stored
+	 * under its temporary name. */
+	bool keep_local;
 	struct flush_wait *waiters;
 	time_t released_at;
 	int64_t final_folder; /* where and as what the rename wants it */

@@ -690,18 +690,29 @@ static enum step replay_flags(struct worker *w, const struct journal_entry *e)
 static void move_back(struct istore *s, const struct journal_entry *e)
 {
 	struct cache_folder f;
+	struct cache_msg now;
 
 	if (cache_folder_get(s->cache, e->folder_id, &f) == 0) {
 		cache_folder_clear(&f);
+		/* The name the row has now: a rename() onto a message gave the
+		 * one moved under a temporary name (e->name) its real one. */
+		if (cache_msg_get(s->cache, e->to_folder_id, e->to_uid, &now) < 0)
+			now.name = NULL;
 		if (cache_msg_move(s->cache, e->to_folder_id, e->to_uid, e->folder_id, e->uid,
 				   NULL) == 0) {
+			const char *name = now.name ? now.name : e->name;
+
 			if (s->ev.message_moved)
 				s->ev.message_moved(s->ev.ctx, e->to_folder_id, e->to_uid, e->folder_id,
 						    e->uid);
-			imap_store_emit_entry(s, e->folder_id, e->name);
-			imap_store_emit_entry(s, e->to_folder_id, e->name);
+			imap_store_emit_entry(s, e->folder_id, name);
+			imap_store_emit_entry(s, e->to_folder_id, name);
+			if (now.name)
+				cache_msg_clear(&now);
 			return;
 		}
+		if (now.name)
+			cache_msg_clear(&now);
 		relist(s, e->folder_id);
 	}
 	drop_local(s, e->to_folder_id, e->to_uid);

@@ -120,6 +120,35 @@ def test_rename_tmpfile_over_message_refused_keeps_old(make_user, mount, quota_s
     assert sorted(os.listdir(inbox)) == [name]
 
 
+def test_failed_rename_never_stored_under_temporary_name(make_user, mount, quota_server):
+    """rename() of a closed temporary file refused (over quota) leaves the source, as
+    rename(2) does; it must not be stored under its temporary name DEFER_SECONDS later
+    once the server would take it (space freed meanwhile): it stays a local file until
+    renamed again or removed."""
+    old, filler = make_msg("kl-old", 1), big_msg("kl-filler", QUOTA_KB * 5 // 8)
+    u = make_user("keepl", srv=quota_server)
+    quota_server.create_folders(u.name, ["Trash", "Sent", "Drafts", "Junk"])
+    u.append_many("INBOX", [old, filler])
+    acct = u.account()
+    m = mount(u, debug=True, allow=REFUSAL_LINES + [r"warning: cannot store"])
+    inbox = fpath(m, "INBOX")
+    name = names_by_mid(inbox)[mid_of(old)]
+    new = big_msg("kl-new", QUOTA_KB * 4 // 8)
+    tmp = os.path.join(inbox, "." + name + ".Kl34Mn")
+    write_new(tmp, new)
+    with pytest.raises(OSError) as e:
+        os.rename(tmp, os.path.join(inbox, name))
+    assert e.value.errno in (errno.ENOSPC, errno.EDQUOT), e.value
+    uid = [k for k, v in server_mids(acct, "INBOX").items() if v == mid_of(filler)][0]
+    quota_server.doveadm("expunge", "-u", u.name, "mailbox", "INBOX", "uid", str(uid))
+    time.sleep(7)
+    assert mids_count(acct, "INBOX") == collections.Counter([mid_of(old)]), \
+        "stored under its temporary name"
+    assert os.stat(tmp).st_size == len(new)
+    os.unlink(tmp)
+    assert not os.path.exists(tmp)
+
+
 def test_mv_over_message_source_vanished_keeps_old(make_user, mount, server):
     a, b, c = make_msg("mvv", 0), make_msg("mvv", 1), make_msg("mvv", 2)
     u = setup_user(make_user, {"INBOX": [a, c], "Archive": [b]})
