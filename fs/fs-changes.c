@@ -401,6 +401,7 @@ static void rename_victim_gone(void *ctx, enum store_error err, bool changed)
 
 static void replace_free(struct parked *p)
 {
+	free(p->hidden);
 	free(p->tmp_name);
 	free(p);
 }
@@ -523,6 +524,75 @@ static bool replace_known(struct parked *p)
 	return true;
 }
 
+/* Swap names in one cache transaction: the new message (under `from`,
+ * row new_uid) takes `to`, the old one (p->victim) goes to `victim_to`.
+ * Undone by hand if the second rename fails (a batch cannot roll back). */
+static bool replace_swap_names(struct parked *p, uint32_t new_uid, const char *to,
+			       const char *victim_to, const char *victim_from)
+{
+	struct cache *c = p->m->cache;
+	bool ok;
+
+	if (cache_begin(c) < 0)
+		return false;
+	ok = cache_msg_rename(c, p->to_folder_id, p->victim, victim_to) == 0;
+	if (ok && cache_msg_rename(c, p->to_folder_id, new_uid, to) < 0) {
+		cache_msg_rename(c, p->to_folder_id, p->victim, victim_from);
+		ok = false;
+	}
+	return cache_commit(c) == 0 && ok;
+}
+
+/* Before the old message is removed, the new one takes its name and the
+ * old one a hidden one: NAME never looks missing (ENOENT) in between.
+ * False when it could not be done: then the old one keeps NAME until it
+ * is gone, and replace_name() follows. */
+static bool replace_swap(struct parked *p)
+{
+	struct mfs *m = p->m;
+	struct cache_msg nm;
+	bool ok = false;
+
+	if (cache_msg_lookup(m->cache, p->to_folder_id, p->tmp_name, &nm) < 0)
+		return false;
+	p->hidden = replace_tmp_name(m, p->to_folder_id, p->name);
+	if (p->hidden)
+		ok = replace_swap_names(p, nm.uid, p->name, p->hidden, p->name);
+	if (ok) {
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->tmp_name, 0);
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->name, 0);
+	} else {
+		free(p->hidden);
+		p->hidden = NULL;
+	}
+	cache_msg_clear(&nm);
+	return ok;
+}
+
+/* The old one could not be removed after a swap: it gets NAME back, the
+ * new one a name of its own.  That name (to free), or NULL. */
+static char *replace_unswap(struct parked *p)
+{
+	struct mfs *m = p->m;
+	char *other = replace_free_name(m, p->to_folder_id, p->name);
+	struct cache_msg nm;
+
+	if (!other || cache_msg_lookup(m->cache, p->to_folder_id, p->name, &nm) < 0) {
+		free(other);
+		return NULL;
+	}
+	if (replace_swap_names(p, nm.uid, other, p->name, p->hidden)) {
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->hidden, 0);
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->name, 0);
+		mfs_note_push(m, folder_ino(p->to_folder_id), other, 0);
+	} else {
+		free(other);
+		other = NULL;
+	}
+	cache_msg_clear(&nm);
+	return other;
+}
+
 static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
 {
 	struct parked *p = ctx;
@@ -530,18 +600,21 @@ static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
 	(void)changed;
 	if (err != STORE_OK && err != STORE_ERR_NOTFOUND) {
 		/* Both are on the server: the new one gets a name of its own. */
-		char *other = replace_free_name(p->m, p->to_folder_id, p->name);
+		char *other = p->hidden ? replace_unswap(p) : replace_free_name(p->m, p->to_folder_id,
+										 p->name);
 
-		replace_name(p, other);
+		if (!p->hidden)
+			replace_name(p, other);
 		log_warn("%s: the replaced message could not be removed; the new one is %s",
-			 p->name, other ? other : p->tmp_name);
+			 p->name, other ? other : p->hidden ? p->name : p->tmp_name);
 		free(other);
 		fuse_reply_err(p->req, mfs_store_errno(err));
 		replace_free(p);
 		return;
 	}
 	/* The old one's disappearance was notified by the store. */
-	replace_name(p, p->name);
+	if (!p->hidden)
+		replace_name(p, p->name);
 	fuse_reply_err(p->req, 0);
 	replace_free(p);
 }
@@ -549,6 +622,7 @@ static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
 /* The new message is on the server (or in the journal): the old one goes. */
 static void replace_remove_victim(struct parked *p)
 {
+	replace_swap(p);
 	p->m->store->ops->remove(p->m->store, p->to_folder_id, p->victim, replace_victim_gone, p);
 }
 

@@ -491,6 +491,18 @@ static void append_finish(struct append_ctx *a, int err)
 	struct flush_wait *w;
 	bool done_with_it = false;
 
+	if (!err) {
+		/* The kernel may ask for the message by this inode still
+		 * (the name rename() gave it): it is the message's now. */
+		int64_t folder = n->final_name ? n->final_folder : n->folder_id;
+		struct cache_msg msg;
+
+		if (cache_msg_lookup(m->cache, folder, n->final_name ? n->final_name : n->name,
+				     &msg) == 0) {
+			mfs_note_moved(m, n->ino, msg_ino(folder, msg.uid));
+			cache_msg_clear(&msg);
+		}
+	}
 	pthread_mutex_lock(&m->lock);
 	if (!err) {
 		n->appended = true;

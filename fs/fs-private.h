@@ -79,6 +79,7 @@ struct parked {
 	 * tmp_name first, the old one goes only after that. */
 	uint32_t victim;
 	char *tmp_name;
+	char *hidden; /* the victim's name while it is removed (see replace_swap) */
 	size_t size;
 	off_t off;
 	bool plus;

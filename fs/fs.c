@@ -73,6 +73,9 @@ bool mfs_msg_of(struct mfs *m, fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_
 {
 	struct cache_msg msg;
 
+	/* A new file that became a message (see mfs_get_attr). */
+	if (ino >= 1000 && ino < (fuse_ino_t)1 << 32)
+		return moved_to(m, ino, folder_r, uid_r);
 	if (!ino_msg(ino, folder_r, uid_r))
 		return false;
 	if (cache_msg_get(m->cache, *folder_r, *uid_r, &msg) == 0) {
@@ -256,6 +259,23 @@ bool fs_files_entry_by_name(struct mfs *m, int64_t folder, const char *name,
 			      struct fuse_entry_param *e);
 
 /* Attributes of any inode: 0 or an errno. */
+static int msg_attr(struct mfs *m, int64_t folder, uint32_t uid, struct stat *st,
+		    uint64_t *generation_r)
+{
+	struct cache_msg msg;
+	struct cache_folder f;
+
+	if (cache_msg_get(m->cache, folder, uid, &msg) < 0)
+		return ENOENT;
+	mfs_attr_msg(m, &msg, st);
+	cache_msg_clear(&msg);
+	if (cache_folder_get(m->cache, folder, &f) == 0) {
+		*generation_r = f.uidvalidity ? f.uidvalidity : 1;
+		cache_folder_clear(&f);
+	}
+	return 0;
+}
+
 int mfs_get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *generation_r)
 {
 	int64_t folder;
@@ -280,8 +300,15 @@ int mfs_get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *gener
 		mfs_attr_file(m, ino, 0, m->started, 0600, st);
 		return 0;
 	}
-	if (ino < (fuse_ino_t)1 << 32)
-		return fs_files_attr_by_ino(m, ino, st) ? 0 : ENOENT;
+	if (ino < (fuse_ino_t)1 << 32) {
+		if (fs_files_attr_by_ino(m, ino, st))
+			return 0;
+		/* A new file that became a message: after rename() the
+		 * kernel may still ask by the temporary inode. */
+		if (!moved_to(m, ino, &folder, &uid))
+			return ENOENT;
+		return msg_attr(m, folder, uid, st, generation_r);
+	}
 	if (ino_folder(ino, &folder)) {
 		struct cache_folder f;
 
@@ -291,20 +318,8 @@ int mfs_get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *gener
 		mfs_attr_dir(m, ino, st);
 		return 0;
 	}
-	if (mfs_msg_of(m, ino, &folder, &uid)) {
-		struct cache_msg msg;
-		struct cache_folder f;
-
-		if (cache_msg_get(m->cache, folder, uid, &msg) < 0)
-			return ENOENT;
-		mfs_attr_msg(m, &msg, st);
-		cache_msg_clear(&msg);
-		if (cache_folder_get(m->cache, folder, &f) == 0) {
-			*generation_r = f.uidvalidity ? f.uidvalidity : 1;
-			cache_folder_clear(&f);
-		}
-		return 0;
-	}
+	if (mfs_msg_of(m, ino, &folder, &uid))
+		return msg_attr(m, folder, uid, st, generation_r);
 	return ENOENT;
 }
 

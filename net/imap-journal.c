@@ -83,7 +83,9 @@ static enum store_error apply_remove(struct istore *s, struct op *op, struct cac
 	 * must reach the server first.  The entry names the replacement's
 	 * local UID as to_uid; its replay's renumbering makes that the
 	 * server's (AUDIT A5). */
-	if (journal_find_replacement(s->journal, op->folder_id, m.name, &e.to_uid) == 0 &&
+	/* (Its row is under a hidden name while it is removed.) */
+	if (journal_find_replacement(s->journal, op->folder_id, imap_real_name(m.name),
+				     &e.to_uid) == 0 &&
 	    journal_uid_is_local(e.to_uid))
 		e.to_folder_id = op->folder_id;
 	else
@@ -297,7 +299,7 @@ static enum store_error journal_apply_locked(struct istore *s, struct op *op, bo
 				err = STORE_ERR_NOTFOUND;
 				break;
 			}
-			mv.name = m.name;
+			mv.name = (char *)imap_real_name(m.name);
 			err = apply_move(s, &mv, &f, attempted, true);
 			cache_msg_clear(&m);
 			break;

@@ -280,7 +280,8 @@ static enum store_error op_remove(struct worker *w, struct op *op)
 		if (cache_folder_get(s->cache, s->trash_id, &t) == 0) {
 			/* rm with delete=trash is a move to Trash. */
 			struct op mv = { .kind = OP_MOVE, .folder_id = op->folder_id, .uid = op->uid,
-					 .to_folder_id = s->trash_id, .name = m.name };
+					 .to_folder_id = s->trash_id,
+					 .name = (char *)imap_real_name(m.name) };
 			cache_folder_clear(&t);
 			cache_folder_clear(&f);
 			e = op_move_do(w, &mv);

@@ -269,6 +269,38 @@ def test_leftover_replacement_names_are_adopted(make_user, mount):
     assert read(os.path.join(inbox, stem + " (2).eml")) == b
 
 
+def test_replaced_name_never_missing(make_user, mount):
+    """While rename() replaces a message, its name always answers (the old message or
+    the new one), never ENOENT: a reader polling it meanwhile (a mail client, a second
+    rsync) sees no gap."""
+    u = setup_user(make_user, {"INBOX": [make_msg("gap", 0)]})
+    m = mount(u)
+    inbox = fpath(m, "INBOX")
+    name = sorted(os.listdir(inbox))[0]
+    target = os.path.join(inbox, name)
+    stop, missing = threading.Event(), []
+
+    def poll():
+        while not stop.is_set():
+            try:
+                os.stat(target)
+            except FileNotFoundError:
+                missing.append(time.time())
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        for r in range(15):
+            tmp = os.path.join(inbox, ".%s.G%02d" % (name, r))
+            write_new(tmp, make_msg("gap", r + 1))
+            os.rename(tmp, target)
+    finally:
+        stop.set()
+        t.join()
+    assert not missing, "%s was missing %d times" % (name, len(missing))
+    assert read(target) == make_msg("gap", 15)
+    assert sorted(os.listdir(inbox)) == [name]
+
+
 def test_two_renames_onto_one_name(make_user, mount):
     """Two temporary files renamed onto the same message at once: the name ends up with
     one of them, and the other is still to be seen in the mount (under a free name), not
