@@ -135,8 +135,8 @@ struct new_fh {
 	bool appending;
 	bool dropped;      /* unlinked before its RELEASE: RELEASE frees it */
 	/* A rename of it failed (rename(2) leaves the source): it stays a
-	 * local file, to be renamed again or unlinked, and is never stored
-	 * under its temporary name. */
+	 * local file, to be renamed again or unlinked, and is not stored
+	 * under its temporary name (only at unmount, rather than lost). */
 	bool keep_local;
 	struct flush_wait *waiters;
 	time_t released_at;

@@ -825,9 +825,13 @@ void mfs_drain(struct mfs *m)
 	bool waiting = true;
 
 	pthread_mutex_lock(&m->lock);
+	/* At unmount a temporary file would go with the mount: stored
+	 * rather than lost, even one whose rename failed (keep_local). */
 	for (struct new_fh *n = m->news; n; n = n->next)
-		if (n->deferred && n->released)
+		if (n->deferred && n->released) {
 			n->released_at = 0;
+			n->keep_local = false;
+		}
 	pthread_mutex_unlock(&m->lock);
 	fs_files_append_overdue(m);
 	/* The engine is still running: wait (bounded) for its answers.
