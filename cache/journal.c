@@ -54,6 +54,29 @@ static int journal_exec(struct journal *j, const char *sql)
 	return rc == SQLITE_OK ? 0 : journal_failed(j, rc);
 }
 
+/* A REMOVE that an earlier version journaled after a rename() onto its
+ * message names no replacement (to_uid 0): give it the local UID of the
+ * pending APPEND or MOVE it follows (".mailfs-N-NAME", see
+ * journal_find_replacement), so that its replay waits for that one too. */
+static int journal_link_replacements(struct journal *j)
+{
+	static const char sql[] =
+		/* kinds as stored: 1 REMOVE, 2 MOVE, 3 APPEND */
+		"UPDATE journal SET to_uid = coalesce(("
+		" SELECT CASE a.kind WHEN 3 THEN a.uid ELSE a.to_uid END FROM journal a"
+		" WHERE a.seq < journal.seq"
+		" AND ((a.kind = 3 AND a.folder_id = journal.folder_id)"
+		"  OR (a.kind = 2 AND a.to_folder_id = journal.folder_id))"
+		" AND a.name LIKE '.mailfs-%' AND length(a.name) > length(journal.name) + 9"
+		" AND substr(a.name, length(a.name) - length(journal.name)) = '-' || journal.name"
+		" ORDER BY a.seq DESC LIMIT 1), 0)"
+		" WHERE kind = 1 AND to_uid = 0 AND name IS NOT NULL;"
+		"UPDATE journal SET to_folder_id = folder_id"
+		" WHERE kind = 1 AND to_folder_id = 0 AND to_uid >= 4026531840"; /* JOURNAL_LOCAL_UID */
+
+	return journal_exec(j, sql);
+}
+
 int journal_open(struct journal **j_r, const char *dir)
 {
 	struct journal *j = calloc(1, sizeof(*j));
@@ -91,6 +114,8 @@ int journal_open(struct journal **j_r, const char *dir)
 	sqlite3_exec(j->db, "ALTER TABLE journal ADD COLUMN hint INTEGER NOT NULL DEFAULT 0",
 		     NULL, NULL, NULL);
 	sqlite3_exec(j->db, "ALTER TABLE journal ADD COLUMN message_id TEXT", NULL, NULL, NULL);
+	if ((ret = journal_link_replacements(j)) < 0)
+		goto fail;
 	*j_r = j;
 	return 0;
 fail:
@@ -365,6 +390,34 @@ int journal_renumber(struct journal *j, int64_t folder_id, uint32_t uid, int64_t
 		ret = journal_exec(j, "COMMIT");
 	if (ret < 0)
 		sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+int journal_find_replacement(struct journal *j, int64_t folder_id, const char *name,
+			     uint32_t *local_uid_r)
+{
+	sqlite3_stmt *st;
+	int ret, rc;
+
+	pthread_mutex_lock(&j->lock);
+	ret = journal_run(j, "SELECT CASE kind WHEN ?3 THEN uid ELSE to_uid END FROM journal"
+			     " WHERE ((kind = ?3 AND folder_id = ?1) OR (kind = ?4 AND to_folder_id = ?1))"
+			     " AND name LIKE '.mailfs-%' AND length(name) > length(?2) + 9"
+			     " AND substr(name, length(name) - length(?2)) = '-' || ?2"
+			     " ORDER BY seq DESC LIMIT 1", &st);
+	if (ret == 0) {
+		sqlite3_bind_int64(st, 1, folder_id);
+		bind_text(st, 2, name);
+		sqlite3_bind_int(st, 3, JOURNAL_APPEND);
+		sqlite3_bind_int(st, 4, JOURNAL_MOVE);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW)
+			*local_uid_r = (uint32_t)sqlite3_column_int64(st, 0);
+		else
+			ret = rc == SQLITE_DONE ? -ENOENT : journal_failed(j, rc);
+		sqlite3_finalize(st);
+	}
 	pthread_mutex_unlock(&j->lock);
 	return ret;
 }

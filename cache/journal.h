@@ -84,6 +84,11 @@ int journal_set_attempted(struct journal *j, int64_t seq, uint32_t hint);
  * instead: a local UID became the server's, or a message moved. */
 int journal_renumber(struct journal *j, int64_t folder_id, uint32_t uid,
 		     int64_t to_folder_id, uint32_t to_uid);
+/* rename() onto message NAME of folder_id journals the new message first,
+ * as ".mailfs-N-NAME" (an APPEND into the folder or a MOVE to it): the
+ * local UID of the latest such entry.  0, -ENOENT when none, or -errno. */
+int journal_find_replacement(struct journal *j, int64_t folder_id, const char *name,
+			     uint32_t *local_uid_r);
 /* How many entries wait. */
 unsigned journal_count(struct journal *j);
 void journal_entry_clear(struct journal_entry *e);

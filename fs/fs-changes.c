@@ -177,11 +177,11 @@ void fs_changes_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int t
 	if (n) {
 		int err = 0;
 
-		if ((to_set & FUSE_SET_ATTR_SIZE) && !n->appended &&
-		    ftruncate(n->fd, attr->st_size) < 0)
-			err = errno;
-		else if ((to_set & FUSE_SET_ATTR_SIZE) && n->appended)
+		/* As write: not while an APPEND reads it, nor after. */
+		if ((to_set & FUSE_SET_ATTR_SIZE) && (n->appended || n->appending))
 			err = EACCES;
+		else if ((to_set & FUSE_SET_ATTR_SIZE) && ftruncate(n->fd, attr->st_size) < 0)
+			err = errno;
 		if (to_set & FUSE_SET_ATTR_MTIME)
 			n->mtime = (to_set & FUSE_SET_ATTR_MTIME_NOW) ? time(NULL) : attr->st_mtime;
 		if (!err)
@@ -401,6 +401,7 @@ static void rename_victim_gone(void *ctx, enum store_error err, bool changed)
 
 static void replace_free(struct parked *p)
 {
+	free(p->hidden);
 	free(p->tmp_name);
 	free(p);
 }
@@ -419,11 +420,11 @@ static char *replace_tmp_name(struct mfs *m, int64_t folder, const char *name)
 			len--;
 	}
 	for (int tries = 0; tries < 100; tries++) {
-		unsigned seq = __atomic_add_fetch(&m->replace_seq, 1, __ATOMIC_RELAXED);
+		uint64_t seq = __atomic_add_fetch(&m->replace_seq, 1, __ATOMIC_RELAXED);
 		struct cache_msg taken;
 		char *t = NULL;
 
-		if (asprintf(&t, ".mailfs-%u-%.*s", seq, (int)len, name) < 0)
+		if (asprintf(&t, ".mailfs-%llu-%.*s", (unsigned long long)seq, (int)len, name) < 0)
 			return NULL;
 		if (cache_msg_lookup(m->cache, folder, t, &taken) < 0)
 			return t;
@@ -454,20 +455,142 @@ static char *replace_free_name(struct mfs *m, int64_t folder, const char *name)
 	return NULL;
 }
 
+bool fs_changes_is_replace_name(const char *name, uint64_t *seq_r)
+{
+	char *end;
+
+	if (strncmp(name, ".mailfs-", 8) != 0 || name[8] < '0' || name[8] > '9')
+		return false;
+	*seq_r = strtoull(name + 8, &end, 10);
+	return *end == '-';
+}
+
+/* Rename row uid to `name`, or if that is taken, to a free "NAME (n).eml":
+ * a name that stays visible.  The name it got (to free), or NULL. */
+static char *rename_visible(struct mfs *m, int64_t folder, uint32_t uid, const char *old,
+			    const char *name)
+{
+	char *got = strdup(name);
+
+	if (got && cache_msg_rename(m->cache, folder, uid, got) < 0) {
+		free(got);
+		got = replace_free_name(m, folder, name);
+		if (got && cache_msg_rename(m->cache, folder, uid, got) < 0) {
+			free(got);
+			got = NULL;
+		}
+		if (got)
+			log_warn("%s is taken: the new message is %s", name, got);
+	}
+	if (got) {
+		mfs_note_push(m, folder_ino(folder), old, 0);
+		mfs_note_push(m, folder_ino(folder), got, 0);
+	}
+	return got;
+}
+
+char *fs_changes_adopt_leftover(struct mfs *m, int64_t folder, uint32_t uid, const char *name)
+{
+	const char *real = strchr(name + 8, '-') + 1;
+
+	log_info("%s: a replacement left by an earlier session; it is %s again", name, real);
+	return *real ? rename_visible(m, folder, uid, name, real) : NULL;
+}
+
 /* Give the new message (under p->tmp_name) the name `name`. */
 static void replace_name(struct parked *p, const char *name)
 {
 	struct mfs *m = p->m;
 	struct cache_msg nm;
 
-	/* Not there under it: no APPENDUID/COPYUID, the sync named it. */
 	if (!name || cache_msg_lookup(m->cache, p->to_folder_id, p->tmp_name, &nm) < 0)
 		return;
-	if (cache_msg_rename(m->cache, p->to_folder_id, nm.uid, name) == 0) {
-		mfs_note_push(m, folder_ino(p->to_folder_id), p->tmp_name, 0);
-		mfs_note_push(m, folder_ino(p->to_folder_id), name, 0);
+	free(rename_visible(m, p->to_folder_id, nm.uid, p->tmp_name, name));
+	cache_msg_clear(&nm);
+}
+
+/* Is the new message in the cache under p->tmp_name?  Not without
+ * APPENDUID/COPYUID: the sync lists it under a name of its own. */
+static bool replace_known(struct parked *p)
+{
+	struct cache_msg nm;
+
+	if (cache_msg_lookup(p->m->cache, p->to_folder_id, p->tmp_name, &nm) < 0) {
+		log_warn("%s: the new message is on the server, but its UID is not known; the "
+			 "old one is kept", p->name);
+		return false;
 	}
 	cache_msg_clear(&nm);
+	return true;
+}
+
+/* Swap names in one cache transaction: the new message (under `from`,
+ * row new_uid) takes `to`, the old one (p->victim) goes to `victim_to`.
+ * Undone by hand if the second rename fails (a batch cannot roll back). */
+static bool replace_swap_names(struct parked *p, uint32_t new_uid, const char *to,
+			       const char *victim_to, const char *victim_from)
+{
+	struct cache *c = p->m->cache;
+	bool ok;
+
+	if (cache_begin(c) < 0)
+		return false;
+	ok = cache_msg_rename(c, p->to_folder_id, p->victim, victim_to) == 0;
+	if (ok && cache_msg_rename(c, p->to_folder_id, new_uid, to) < 0) {
+		cache_msg_rename(c, p->to_folder_id, p->victim, victim_from);
+		ok = false;
+	}
+	return cache_commit(c) == 0 && ok;
+}
+
+/* Before the old message is removed, the new one takes its name and the
+ * old one a hidden one: NAME never looks missing (ENOENT) in between.
+ * False when it could not be done: then the old one keeps NAME until it
+ * is gone, and replace_name() follows. */
+static bool replace_swap(struct parked *p)
+{
+	struct mfs *m = p->m;
+	struct cache_msg nm;
+	bool ok = false;
+
+	if (cache_msg_lookup(m->cache, p->to_folder_id, p->tmp_name, &nm) < 0)
+		return false;
+	p->hidden = replace_tmp_name(m, p->to_folder_id, p->name);
+	if (p->hidden)
+		ok = replace_swap_names(p, nm.uid, p->name, p->hidden, p->name);
+	if (ok) {
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->tmp_name, 0);
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->name, 0);
+	} else {
+		free(p->hidden);
+		p->hidden = NULL;
+	}
+	cache_msg_clear(&nm);
+	return ok;
+}
+
+/* The old one could not be removed after a swap: it gets NAME back, the
+ * new one a name of its own.  That name (to free), or NULL. */
+static char *replace_unswap(struct parked *p)
+{
+	struct mfs *m = p->m;
+	char *other = replace_free_name(m, p->to_folder_id, p->name);
+	struct cache_msg nm;
+
+	if (!other || cache_msg_lookup(m->cache, p->to_folder_id, p->name, &nm) < 0) {
+		free(other);
+		return NULL;
+	}
+	if (replace_swap_names(p, nm.uid, other, p->name, p->hidden)) {
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->hidden, 0);
+		mfs_note_push(m, folder_ino(p->to_folder_id), p->name, 0);
+		mfs_note_push(m, folder_ino(p->to_folder_id), other, 0);
+	} else {
+		free(other);
+		other = NULL;
+	}
+	cache_msg_clear(&nm);
+	return other;
 }
 
 static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
@@ -477,18 +600,21 @@ static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
 	(void)changed;
 	if (err != STORE_OK && err != STORE_ERR_NOTFOUND) {
 		/* Both are on the server: the new one gets a name of its own. */
-		char *other = replace_free_name(p->m, p->to_folder_id, p->name);
+		char *other = p->hidden ? replace_unswap(p) : replace_free_name(p->m, p->to_folder_id,
+										 p->name);
 
-		replace_name(p, other);
+		if (!p->hidden)
+			replace_name(p, other);
 		log_warn("%s: the replaced message could not be removed; the new one is %s",
-			 p->name, other ? other : p->tmp_name);
+			 p->name, other ? other : p->hidden ? p->name : p->tmp_name);
 		free(other);
 		fuse_reply_err(p->req, mfs_store_errno(err));
 		replace_free(p);
 		return;
 	}
 	/* The old one's disappearance was notified by the store. */
-	replace_name(p, p->name);
+	if (!p->hidden)
+		replace_name(p, p->name);
 	fuse_reply_err(p->req, 0);
 	replace_free(p);
 }
@@ -496,6 +622,7 @@ static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
 /* The new message is on the server (or in the journal): the old one goes. */
 static void replace_remove_victim(struct parked *p)
 {
+	replace_swap(p);
 	p->m->store->ops->remove(p->m->store, p->to_folder_id, p->victim, replace_victim_gone, p);
 }
 
@@ -503,6 +630,8 @@ static void replace_appended(void *ctx, int err)
 {
 	struct parked *p = ctx;
 
+	if (!err && !replace_known(p))
+		err = EIO;
 	if (err) {
 		/* The old message is untouched, the temporary file waits. */
 		fuse_reply_err(p->req, err);
@@ -523,10 +652,14 @@ static void replace_moved(void *ctx, enum store_error err, bool changed)
 		replace_free(p);
 		return;
 	}
-	if (cache_msg_lookup(p->m->cache, p->to_folder_id, p->tmp_name, &msg) == 0) {
-		mfs_note_moved(p->m, msg_ino(p->folder_id, p->uid), msg_ino(p->to_folder_id, msg.uid));
-		cache_msg_clear(&msg);
+	if (cache_msg_lookup(p->m->cache, p->to_folder_id, p->tmp_name, &msg) < 0) {
+		replace_known(p);
+		fuse_reply_err(p->req, EIO);
+		replace_free(p);
+		return;
 	}
+	mfs_note_moved(p->m, msg_ino(p->folder_id, p->uid), msg_ino(p->to_folder_id, msg.uid));
+	cache_msg_clear(&msg);
 	replace_remove_victim(p);
 }
 

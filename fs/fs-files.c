@@ -342,18 +342,25 @@ void fs_files_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size
 		return;
 	}
 	struct new_fh *n = (struct new_fh *)h;
-	if (n->appended) {
-		/* The message exists on the server now: immutable. */
-		fuse_reply_err(req, EACCES);
-		return;
-	}
-	ssize_t w = pwrite(n->fd, buf, size, off);
-	if (w < 0) {
-		fuse_reply_err(req, errno);
-		return;
-	}
-	n->written = true;
-	fuse_reply_write(req, (size_t)w);
+	ssize_t w;
+	int err = 0;
+
+	/* Under the lock, so that no APPEND (which reads the file once) can
+	 * start between the check and the write: a write while one is under
+	 * way would reach nobody, and once appended the message exists on
+	 * the server: immutable. */
+	pthread_mutex_lock(&m->lock);
+	if (n->appending || n->appended)
+		err = EACCES;
+	else if ((w = pwrite(n->fd, buf, size, off)) < 0)
+		err = errno;
+	else
+		n->written = true;
+	pthread_mutex_unlock(&m->lock);
+	if (err)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_write(req, (size_t)w);
 }
 
 /* Does the file start with a header section ("Name: value" lines)?  A
@@ -428,10 +435,11 @@ void fs_files_free(struct new_fh *n)
 	free(n);
 }
 
-/* Back to a temporary file waiting for its rename (or DEFER_SECONDS more). */
+/* Back to a temporary file waiting for its rename: a rename failed. */
 static void untake_locked(struct new_fh *n)
 {
 	n->appending = false;
+	n->keep_local = true;
 	free(n->final_name);
 	n->final_name = NULL;
 	if (n->released)
@@ -466,9 +474,12 @@ void fs_files_drop(struct mfs *m, struct new_fh *n)
 	free_now = n->released;
 	pthread_mutex_unlock(&m->lock);
 	reply_waiters(w, 0);
-	mfs_note_push(m, folder_ino(n->folder_id), n->name, 0);
-	if (free_now)
+	/* Otherwise n is the RELEASE's now (on another thread, maybe freed
+	 * already), and that RELEASE notifies the name. */
+	if (free_now) {
+		mfs_note_push(m, folder_ino(n->folder_id), n->name, 0);
 		fs_files_free(n);
+	}
 }
 
 /* The end of an APPEND (or of its attempt): every FLUSH that waited for it
@@ -480,6 +491,18 @@ static void append_finish(struct append_ctx *a, int err)
 	struct flush_wait *w;
 	bool done_with_it = false;
 
+	if (!err) {
+		/* The kernel may ask for the message by this inode still
+		 * (the name rename() gave it): it is the message's now. */
+		int64_t folder = n->final_name ? n->final_folder : n->folder_id;
+		struct cache_msg msg;
+
+		if (cache_msg_lookup(m->cache, folder, n->final_name ? n->final_name : n->name,
+				     &msg) == 0) {
+			mfs_note_moved(m, n->ino, msg_ino(folder, msg.uid));
+			cache_msg_clear(&msg);
+		}
+	}
 	pthread_mutex_lock(&m->lock);
 	if (!err) {
 		n->appended = true;
@@ -570,7 +593,7 @@ void fs_files_append_overdue(struct mfs *m)
 		pthread_mutex_lock(&m->lock);
 		for (struct new_fh *n = m->news; n && !due; n = n->next)
 			if (n->deferred && n->released && !n->appending && !n->appended &&
-			    now - n->released_at >= DEFER_SECONDS)
+			    !n->keep_local && now - n->released_at >= DEFER_SECONDS)
 				due = n;
 		if (due)
 			due->appending = true;

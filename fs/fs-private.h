@@ -58,7 +58,10 @@ struct mfs {
 	struct { fuse_ino_t from, to; } moved[MOVED_MAX];
 	unsigned moved_next;
 	unsigned new_ino;                /* atomic */
-	unsigned replace_seq;            /* atomic: temporary names of replacements */
+	/* atomic: temporary names of replacements (".mailfs-N-NAME"); N
+	 * starts at the session's start in microseconds, so a name with a
+	 * smaller N was left by an earlier session (a kill -9). */
+	uint64_t replace_seq, replace_base;
 	struct fh *open_fhs;             /* lock: see struct fh */
 	char *tmp_dir;
 };
@@ -76,6 +79,7 @@ struct parked {
 	 * tmp_name first, the old one goes only after that. */
 	uint32_t victim;
 	char *tmp_name;
+	char *hidden; /* the victim's name while it is removed (see replace_swap) */
 	size_t size;
 	off_t off;
 	bool plus;
@@ -130,6 +134,10 @@ struct new_fh {
 	 * (a dup'ed fd) waits in `waiters` for its result. */
 	bool appending;
 	bool dropped;      /* unlinked before its RELEASE: RELEASE frees it */
+	/* A rename of it failed (rename(2) leaves the source): it stays a
+	 * local file, to be renamed again or unlinked, and is not stored
+	 * under its temporary name (only at unmount, rather than lost). */
+	bool keep_local;
 	struct flush_wait *waiters;
 	time_t released_at;
 	int64_t final_folder; /* where and as what the rename wants it */
@@ -240,6 +248,12 @@ void fs_files_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size
 		      off_t off, struct fuse_file_info *fi);
 
 /* fs-changes.c */
+/* A replacement's temporary name ".mailfs-N-NAME": N in *seq_r. */
+bool fs_changes_is_replace_name(const char *name, uint64_t *seq_r);
+/* Row (folder, uid) named `name`, left under a temporary name by an earlier
+ * session: give it NAME, or a free "NAME (n).eml".  The new name (to free),
+ * or NULL. */
+char *fs_changes_adopt_leftover(struct mfs *m, int64_t folder, uint32_t uid, const char *name);
 void fs_changes_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
 void fs_changes_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
 void fs_changes_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);

@@ -73,6 +73,9 @@ bool mfs_msg_of(struct mfs *m, fuse_ino_t ino, int64_t *folder_r, uint32_t *uid_
 {
 	struct cache_msg msg;
 
+	/* A new file that became a message (see mfs_get_attr). */
+	if (ino >= 1000 && ino < (fuse_ino_t)1 << 32)
+		return moved_to(m, ino, folder_r, uid_r);
 	if (!ino_msg(ino, folder_r, uid_r))
 		return false;
 	if (cache_msg_get(m->cache, *folder_r, *uid_r, &msg) == 0) {
@@ -258,6 +261,23 @@ bool fs_files_entry_by_name(struct mfs *m, int64_t folder, const char *name,
 			      struct fuse_entry_param *e);
 
 /* Attributes of any inode: 0 or an errno. */
+static int msg_attr(struct mfs *m, int64_t folder, uint32_t uid, struct stat *st,
+		    uint64_t *generation_r)
+{
+	struct cache_msg msg;
+	struct cache_folder f;
+
+	if (cache_msg_get(m->cache, folder, uid, &msg) < 0)
+		return ENOENT;
+	mfs_attr_msg(m, &msg, st);
+	cache_msg_clear(&msg);
+	if (cache_folder_get(m->cache, folder, &f) == 0) {
+		*generation_r = f.uidvalidity ? f.uidvalidity : 1;
+		cache_folder_clear(&f);
+	}
+	return 0;
+}
+
 int mfs_get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *generation_r)
 {
 	int64_t folder;
@@ -282,8 +302,15 @@ int mfs_get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *gener
 		mfs_attr_file(m, ino, 0, m->started, 0600, st);
 		return 0;
 	}
-	if (ino < (fuse_ino_t)1 << 32)
-		return fs_files_attr_by_ino(m, ino, st) ? 0 : ENOENT;
+	if (ino < (fuse_ino_t)1 << 32) {
+		if (fs_files_attr_by_ino(m, ino, st))
+			return 0;
+		/* A new file that became a message: after rename() the
+		 * kernel may still ask by the temporary inode. */
+		if (!moved_to(m, ino, &folder, &uid))
+			return ENOENT;
+		return msg_attr(m, folder, uid, st, generation_r);
+	}
 	if (ino_folder(ino, &folder)) {
 		struct cache_folder f;
 
@@ -293,20 +320,8 @@ int mfs_get_attr(struct mfs *m, fuse_ino_t ino, struct stat *st, uint64_t *gener
 		mfs_attr_dir(m, ino, st);
 		return 0;
 	}
-	if (mfs_msg_of(m, ino, &folder, &uid)) {
-		struct cache_msg msg;
-		struct cache_folder f;
-
-		if (cache_msg_get(m->cache, folder, uid, &msg) < 0)
-			return ENOENT;
-		mfs_attr_msg(m, &msg, st);
-		cache_msg_clear(&msg);
-		if (cache_folder_get(m->cache, folder, &f) == 0) {
-			*generation_r = f.uidvalidity ? f.uidvalidity : 1;
-			cache_folder_clear(&f);
-		}
-		return 0;
-	}
+	if (mfs_msg_of(m, ino, &folder, &uid))
+		return msg_attr(m, folder, uid, st, generation_r);
 	return ENOENT;
 }
 
@@ -604,6 +619,22 @@ static void do_readdir(struct mfs *m, fuse_req_t req, fuse_ino_t ino, size_t siz
 		    n == 0)
 			break;
 		for (size_t i = 0; i < n && !full; i++) {
+			uint64_t seq;
+			char *adopted = NULL;
+
+			/* A replacement under way is not listed: a walk (rsync, find)
+			 * would see it vanish.  One an earlier session left (a kill
+			 * -9 in the middle) gets its real name now. */
+			if (fs_changes_is_replace_name(msgs[i].name, &seq)) {
+				if (seq > m->replace_base ||
+				    !(adopted = fs_changes_adopt_leftover(m, folder, msgs[i].uid,
+									  msgs[i].name))) {
+					off = MSG_COOKIE + msgs[i].uid;
+					continue;
+				}
+				free(msgs[i].name);
+				msgs[i].name = adopted;
+			}
 			mfs_attr_msg(m, &msgs[i], &st);
 			full = !add_entry(req, buf, size, &pos, plus, msgs[i].name, st.st_ino, &st,
 					  gen, MSG_COOKIE + msgs[i].uid);
@@ -769,6 +800,7 @@ struct mfs *mfs_new(const struct mfs_opts *o)
 	m->uid = getuid();
 	m->gid = getgid();
 	m->started = time(NULL);
+	m->replace_base = m->replace_seq = (uint64_t)m->started * 1000000u;
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->cond, NULL);
 	return m;
@@ -795,9 +827,13 @@ void mfs_drain(struct mfs *m)
 	bool waiting = true;
 
 	pthread_mutex_lock(&m->lock);
+	/* At unmount a temporary file would go with the mount: stored
+	 * rather than lost, even one whose rename failed (keep_local). */
 	for (struct new_fh *n = m->news; n; n = n->next)
-		if (n->deferred && n->released)
+		if (n->deferred && n->released) {
 			n->released_at = 0;
+			n->keep_local = false;
+		}
 	pthread_mutex_unlock(&m->lock);
 	fs_files_append_overdue(m);
 	/* The engine is still running: wait (bounded) for its answers.

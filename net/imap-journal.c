@@ -79,6 +79,17 @@ static enum store_error apply_remove(struct istore *s, struct op *op, struct cac
 	/* To find the message again after a UIDVALIDITY change. */
 	e.name = m.name;
 	e.message_id = m.message_id;
+	/* rename() onto this message: its replacement, journaled before,
+	 * must reach the server first.  The entry names the replacement's
+	 * local UID as to_uid; its replay's renumbering makes that the
+	 * server's (AUDIT A5). */
+	/* (Its row is under a hidden name while it is removed.) */
+	if (journal_find_replacement(s->journal, op->folder_id, imap_real_name(m.name),
+				     &e.to_uid) == 0 &&
+	    journal_uid_is_local(e.to_uid))
+		e.to_folder_id = op->folder_id;
+	else
+		e.to_uid = 0;
 	if ((err = record(s, &e)) == STORE_OK) {
 		cache_msg_delete(s->cache, op->folder_id, op->uid);
 		imap_store_emit_entry(s, op->folder_id, m.name);
@@ -288,7 +299,7 @@ static enum store_error journal_apply_locked(struct istore *s, struct op *op, bo
 				err = STORE_ERR_NOTFOUND;
 				break;
 			}
-			mv.name = m.name;
+			mv.name = (char *)imap_real_name(m.name);
 			err = apply_move(s, &mv, &f, attempted, true);
 			cache_msg_clear(&m);
 			break;
@@ -622,6 +633,14 @@ static enum step replay_remove(struct worker *w, const struct journal_entry *e)
 
 	if (journal_uid_is_local(e->uid))
 		return STEP_DONE; /* its arrival never reached the server */
+	if (journal_uid_is_local(e->to_uid)) {
+		/* Replaced by a message that never reached the server (refused,
+		 * or not found after): rename(2) leaves the old one. */
+		log_warn("journal: %s in %s was to be replaced by a message that never reached "
+			 "the server; it is kept", e->name ? e->name : "a message", e->server_name);
+		relist(w->s, e->folder_id);
+		return STEP_DONE;
+	}
 	if (open_folder(w, e, &ok, &ex, &uid) == STEP_STOP)
 		return STEP_STOP;
 	if (!ok)
@@ -673,18 +692,29 @@ static enum step replay_flags(struct worker *w, const struct journal_entry *e)
 static void move_back(struct istore *s, const struct journal_entry *e)
 {
 	struct cache_folder f;
+	struct cache_msg now;
 
 	if (cache_folder_get(s->cache, e->folder_id, &f) == 0) {
 		cache_folder_clear(&f);
+		/* The name the row has now: a rename() onto a message gave the
+		 * one moved under a temporary name (e->name) its real one. */
+		if (cache_msg_get(s->cache, e->to_folder_id, e->to_uid, &now) < 0)
+			now.name = NULL;
 		if (cache_msg_move(s->cache, e->to_folder_id, e->to_uid, e->folder_id, e->uid,
 				   NULL) == 0) {
+			const char *name = now.name ? now.name : e->name;
+
 			if (s->ev.message_moved)
 				s->ev.message_moved(s->ev.ctx, e->to_folder_id, e->to_uid, e->folder_id,
 						    e->uid);
-			imap_store_emit_entry(s, e->folder_id, e->name);
-			imap_store_emit_entry(s, e->to_folder_id, e->name);
+			imap_store_emit_entry(s, e->folder_id, name);
+			imap_store_emit_entry(s, e->to_folder_id, name);
+			if (now.name)
+				cache_msg_clear(&now);
 			return;
 		}
+		if (now.name)
+			cache_msg_clear(&now);
 		relist(s, e->folder_id);
 	}
 	drop_local(s, e->to_folder_id, e->to_uid);

@@ -284,7 +284,8 @@ static enum store_error op_remove(struct worker *w, struct op *op)
 		if (cache_folder_get(s->cache, s->trash_id, &t) == 0) {
 			/* rm with delete=trash is a move to Trash. */
 			struct op mv = { .kind = OP_MOVE, .folder_id = op->folder_id, .uid = op->uid,
-					 .to_folder_id = s->trash_id, .name = m.name };
+					 .to_folder_id = s->trash_id,
+					 .name = (char *)imap_real_name(m.name) };
 			cache_folder_clear(&t);
 			cache_folder_clear(&f);
 			e = op_move_do(w, &mv);
@@ -320,6 +321,53 @@ enum store_error imap_ops_move_lookup(struct istore *s, const struct op *op, str
 	return STORE_OK;
 }
 
+/* Where a move that gave no usable COPYUID put the message: the highest
+ * UID from `from` on in the destination with its Message-ID (without one:
+ * any new UID).  0 when none; the destination is selected after. */
+static uint32_t moved_uid_by_search(struct worker *w, int64_t to_folder_id, const char *mid,
+				    uint32_t from)
+{
+	struct meta_ctx mc = { .s = w->s };
+	struct cache_folder t;
+	uint32_t best = 0;
+	char *qm = NULL;
+	int r;
+
+	if (!from || select_rw(w, to_folder_id, &t) != STORE_OK) {
+		cache_folder_clear(&t);
+		return 0;
+	}
+	cache_folder_clear(&t);
+	if (mid && *mid && !(qm = imap_quote(mid)))
+		return 0;
+	if (qm)
+		r = imap_client_run(w->client, imap_sync_on_meta, &mc,
+				    "UID SEARCH UID %u:* HEADER Message-ID %s", from, qm);
+	else
+		r = imap_client_run(w->client, imap_sync_on_meta, &mc, "UID SEARCH UID %u:*", from);
+	free(qm);
+	/* "N:*" always matches the highest UID: keep those in range. */
+	for (size_t i = 0; r == IMAP_RESULT_OK && i < mc.nseen; i++)
+		if (mc.seen[i] >= from && mc.seen[i] > best)
+			best = mc.seen[i];
+	free(mc.seen);
+	return best;
+}
+
+/* UIDNEXT of a folder before a move into it, 0 when unknown. */
+static uint32_t uidnext_before(struct worker *w, const struct cache_folder *t)
+{
+	struct imap_folder_status st = { 0 };
+	char *q = imap_quote(t->server_name);
+
+	if (q) {
+		if (imap_ops_status(w, q, "UIDNEXT", &st) != IMAP_RESULT_OK)
+			st.uidnext = 0;
+		free(q);
+	}
+	return st.uidnext;
+}
+
 static enum store_error op_move_do(struct worker *w, struct op *op)
 {
 	struct istore *s = w->s;
@@ -327,13 +375,15 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	struct cache_msg m;
 	struct moved_ctx mc = { "" };
 	enum store_error e;
-	uint32_t newuid = 0;
+	uint32_t newuid = 0, from = 0;
 
 	if ((e = imap_ops_move_lookup(s, op, &m, &t)) != STORE_OK)
 		return e;
 	ensure_synced(w, op->to_folder_id);
 	cache_folder_clear(&t);
 	cache_folder_get(s->cache, op->to_folder_id, &t);
+	if (op->confirm)
+		from = uidnext_before(w, &t);
 	e = select_rw(w, op->folder_id, &f);
 	if (e != STORE_OK)
 		goto out;
@@ -341,18 +391,28 @@ static enum store_error op_move_do(struct worker *w, struct op *op)
 	if (e != STORE_OK)
 		goto out;
 	imap_store_view_changed(s);
-	if (!mc.args[0] && (imap_client_caps(w->client) & IMAP_CAP_UIDPLUS)) {
-		/* OK without COPYUID from a UIDPLUS server: the UID matched
-		 * nothing (another client expunged it), nothing moved.  A
-		 * rename() onto a message must not take this for success.
-		 * (Should one have moved it all the same, the sync lists it.) */
+	newuid = imap_ops_copyuid_dst(mc.args, t.uidvalidity);
+	/* No usable COPYUID (RFC 6851 only says SHOULD): look for it.  A
+	 * plain mv searches from what the cache knew, to keep its name, and
+	 * only by Message-ID (any new UID could be another's). */
+	if (!newuid && (op->confirm || (m.message_id && *m.message_id)))
+		newuid = moved_uid_by_search(w, op->to_folder_id, m.message_id,
+					     op->confirm ? from : t.uidnext);
+	if (!newuid && op->confirm) {
+		/* OK, but no COPYUID naming the new UID and nothing new in
+		 * the destination: the UID matched nothing (another client
+		 * expunged it; Microsoft 365 answers that with COPYUID and
+		 * empty sets).  A rename() onto a message must not take this
+		 * for success: its old message would go.  (Should one have
+		 * moved all the same, the sync lists it.) */
+		log_warn("%s: the server said it moved UID %u, but it is not in %s",
+			 m.name, op->uid, t.server_name);
 		cache_msg_delete(s->cache, op->folder_id, op->uid);
 		imap_store_emit_entry(s, op->folder_id, m.name);
 		imap_sync_folder(w, op->to_folder_id);
 		e = STORE_ERR_NOTFOUND;
 		goto out;
 	}
-	newuid = imap_ops_copyuid_dst(mc.args, t.uidvalidity);
 	if (newuid && cache_msg_move(s->cache, op->folder_id, op->uid, op->to_folder_id, newuid,
 				     op->name) == 0) {
 		imap_store_emit_entry(s, op->folder_id, m.name);
@@ -807,6 +867,9 @@ void imap_ops_move(struct store *base, int64_t folder_id, uint32_t uid,
 		return;
 	op->to_folder_id = to_folder_id;
 	op->name = strdup(name);
+	/* The fs's temporary name of a rename() onto a message (no sync
+	 * makes a name starting with '.'): the old message goes after. */
+	op->confirm = !strncmp(name, ".mailfs-", 8);
 	queue_op((struct istore *)base, op);
 }
 

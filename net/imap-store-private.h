@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cache.h"
 #include "engine.h"
@@ -44,6 +45,9 @@ struct op {
 	size_t len;
 	int64_t mtime;
 	uint32_t uidnext; /* APPEND: the folder's UIDNEXT before it was sent */
+	/* MOVE: done only when proven (a COPYUID with the new UID, or the
+	 * message found in the destination), not on OK alone */
+	bool confirm;
 	store_done_fn *done;
 	void *ctx;
 };
@@ -225,6 +229,15 @@ enum store_error imap_ops_expunge_one(struct worker *w, uint32_t uid);
 void imap_ops_unselect(struct worker *w);
 char *imap_ops_child_server_name(struct istore *s, int64_t parent_id, const char *name);
 uint32_t imap_ops_copyuid_dst(const char *args, uint32_t dst_validity);
+/* A message's name without the hidden prefix ".mailfs-N-" that the fs
+ * gives a message being replaced while it is removed (fs-changes.c). */
+static inline const char *imap_real_name(const char *name)
+{
+	const char *dash = !strncmp(name, ".mailfs-", 8) ? strchr(name + 8, '-') : NULL;
+
+	return dash && dash[1] ? dash + 1 : name;
+}
+
 struct moved_ctx {
 	char args[256];
 };

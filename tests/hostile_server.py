@@ -727,6 +727,95 @@ class EscapeText(Scenario):
         c.send(tag + b" NO [CANNOT] " + self.text + CRLF)
 
 
+@scenario
+class Moves(Scenario):
+    """A server that moves and expunges (MOVE, UID STORE, UID EXPUNGE, STATUS, UID SEARCH
+    HEADER Message-ID), with a UID MOVE answered the way move_mode says:
+    "real" -- moved; COPYUID in an untagged OK unless copyuid is False (RFC 6851 only
+    says SHOULD), and the source's EXPUNGE;
+    "m365" -- the UID was just expunged by another client (it goes from the source now);
+    Microsoft 365 answers such a move `* OK [COPYUID 983  ]` (empty UID sets) and OK."""
+    name = "moves"
+    caps = CAPS + " MOVE"
+    move_mode = "real"
+    copyuid = True
+
+    def status(self, c, tag, mb):
+        c.send(b"* STATUS %s (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n%s OK STATUS done\r\n" % (
+            nstring(mb.name), len(mb.messages), mb.uidnext, mb.uidvalidity, tag))
+
+    def expunged(self, c, mb, uids):
+        for seq in sorted((s for s, m in mb.by_uid(uids)), reverse=True):
+            del mb.messages[seq - 1]
+            c.send(b"* %d EXPUNGE\r\n" % seq)
+
+    def move(self, c, tag, mb, uids, dest):
+        with self.lock:
+            msgs = [m for _, m in mb.by_uid(uids)]
+            if self.move_mode == "m365":
+                self.expunged(c, mb, uids)
+                c.send(b"* OK [COPYUID 983  ] moved\r\n%s OK MOVE completed\r\n" % tag)
+                return
+            first = dest.uidnext
+            src = ",".join(str(m.uid) for m in msgs)
+            for i, m in enumerate(msgs):
+                m.uid = first + i
+                dest.messages.append(m)
+            if msgs and self.copyuid:
+                c.send(b"* OK [COPYUID %d %s %d:%d] moved\r\n" % (
+                    dest.uidvalidity, src.encode(), first, first + len(msgs) - 1))
+            for seq in sorted((s for s, m in enumerate(mb.messages, 1) if m in msgs),
+                              reverse=True):
+                del mb.messages[seq - 1]
+                c.send(b"* %d EXPUNGE\r\n" % seq)
+            c.send(tag + b" OK MOVE completed\r\n")
+
+    def store(self, c, tag, mb, uids, op, flags):
+        with self.lock:
+            for seq, m in mb.by_uid(uids):
+                if op.startswith(b"+"):
+                    m.flags = sorted(set(m.flags) | set(flags))
+                elif op.startswith(b"-"):
+                    m.flags = [f for f in m.flags if f not in flags]
+                else:
+                    m.flags = list(flags)
+                if b"SILENT" not in op.upper():
+                    c.send(b"* %d FETCH (UID %d FLAGS (%s))\r\n" % (
+                        seq, m.uid, b" ".join(m.flags)))
+        c.send(tag + b" OK STORE completed\r\n")
+
+    def uid_expunge(self, c, tag, mb, uids):
+        with self.lock:
+            self.expunged(c, mb, {m.uid for _, m in mb.by_uid(uids) if b"\\Deleted" in m.flags})
+        c.send(tag + b" OK EXPUNGE completed\r\n")
+
+    appenduid = True
+
+    def append(self, c, tag, mb, rest):
+        """APPEND: the literal (inlined by read_command) becomes a message; APPENDUID
+        unless appenduid is False (a server without UIDPLUS)."""
+        m = re.search(rb"\{(\d+)\}\r\n", rest)
+        if not m:
+            c.send(tag + b" BAD literal expected\r\n")
+            return
+        data = rest[m.end():m.end() + int(m.group(1))]
+        mid = re.search(rb"(?im)^Message-ID:[ \t]*(\S+)", data)
+        with self.lock:
+            uid = mb.uidnext
+            mb.messages.append(Message(uid, body=data, msgid=mid.group(1) if mid else b"NIL"))
+        code = b"[APPENDUID %d %d] " % (mb.uidvalidity, uid) if self.appenduid else b""
+        c.send(b"%s OK %sAPPEND completed\r\n" % (tag, code))
+
+    def search(self, c, tag, mb, uids):
+        m = re.search(rb"HEADER MESSAGE-ID \"?([^\" ]+)", c.search_args.upper())
+        if not m:
+            return super().search(c, tag, mb, uids)
+        have = sorted(x.uid for x in mb.messages if x.uid in uids and
+                      x.msgid.upper() == m.group(1))
+        c.send(b"* SEARCH%s\r\n%s OK UID SEARCH completed\r\n" % (
+            b"".join(b" %d" % u for u in have), tag))
+
+
 # --------------------------------------------------------------------------
 # connections
 
@@ -898,6 +987,20 @@ class Conn:
             self.send(tag + b" OK IDLE terminated\r\n")
         elif cmd == b"UID":
             self.uid_command(tag, rest)
+        elif cmd == b"APPEND" and hasattr(sc, "append"):
+            name, r = parse_astring(rest)
+            mb = sc.find(name)
+            if mb is None:
+                self.send(tag + b" NO [TRYCREATE] Mailbox doesn't exist\r\n")
+            else:
+                sc.append(self, tag, mb, r)
+        elif cmd == b"STATUS" and hasattr(sc, "status"):
+            name, _ = parse_astring(rest)
+            mb = sc.find(name)
+            if mb is None:
+                self.send(tag + b" NO [NONEXISTENT] Mailbox doesn't exist\r\n")
+            else:
+                sc.status(self, tag, mb)
         else:
             sc.refuse(self, tag)
 
@@ -920,10 +1023,26 @@ class Conn:
             else:
                 self.sc.fetch_flags(self, tag, mb, msgs)
         elif sub == b"SEARCH":
+            self.search_args = args
             m = re.search(rb"UID ([0-9:,*]+)", args)
             uids = UidSet(m.group(1).decode(), maxuid) if m and maxuid else (
                 {x.uid for x in mb.messages} if not m else set())
             self.sc.search(self, tag, mb, uids)
+        elif sub == b"MOVE" and hasattr(self.sc, "move"):
+            setstr, _, name = args.partition(b" ")
+            dest, _ = parse_astring(name)
+            dmb = self.sc.find(dest)
+            if dmb is None:
+                self.send(tag + b" NO [TRYCREATE] no such mailbox\r\n")
+            else:
+                self.sc.move(self, tag, mb, UidSet(setstr.decode(), maxuid), dmb)
+        elif sub == b"STORE" and hasattr(self.sc, "store"):
+            setstr, _, r = args.partition(b" ")
+            op, _, flags = r.partition(b" ")
+            self.sc.store(self, tag, mb, UidSet(setstr.decode(), maxuid), op,
+                          flags.strip(b"()").split())
+        elif sub == b"EXPUNGE" and hasattr(self.sc, "uid_expunge"):
+            self.sc.uid_expunge(self, tag, mb, UidSet(args.decode(), maxuid))
         else:
             self.sc.refuse(self, tag)
 

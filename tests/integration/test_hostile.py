@@ -37,6 +37,7 @@ by less than 1 GiB: an untouched 4 GB malloc() would not show in VmHWM but does 
 Run: tests/integration/run-test.sh tests/integration/test_hostile.py   (as root)
      MAILFS_BIN=$PWD/build-asan/mailfs tests/integration/run-test.sh ...  (sanitizers)
 """
+import errno
 import json
 import os
 import re
@@ -1180,5 +1181,86 @@ def test_escape_sequences_in_refusal_logged(rig):
     assert "RED" in log, "the refusal was not logged: %r" % log
     assert not RAW_CONTROL.search(log), "raw control bytes in the daemon's stderr: %r" % log
     assert "\\x1b[31mRED\\x1b[0m bell\\x07" in log, log
+    assert_alive(m)
+    rig.finish(m)
+
+
+# --------------------------------------------------------------------------
+# rename() onto a message through UID MOVE: the old message goes only once the move is
+# proven (AUDIT A5)
+
+def _moves_server(rig, **kw):
+    inbox = hsrv.Mailbox("INBOX", [hsrv.Message(1), hsrv.Message(2)])
+    arch = hsrv.Mailbox("Archive", [hsrv.Message(10)])
+    return rig.server("moves", mailboxes=[inbox, arch], **kw), inbox, arch
+
+
+def _msgids(mb):
+    return sorted(m.msgid for m in mb.messages)
+
+
+def test_move_m365_empty_copyuid_keeps_victim(rig):
+    """Microsoft 365 answers the move of a UID another client just expunged with
+    `* OK [COPYUID 983  ]` and OK: nothing moved, so rename() over a message must fail
+    and leave that message on the server."""
+    srv, inbox, arch = _moves_server(rig, move_mode="m365")
+    m = rig.mount(srv, allow=[r"but it is not in"])
+    assert sorted(os.listdir(P(m, "Archive"))) == ["10.eml"]
+    assert sorted(os.listdir(P(m, "INBOX"))) == ["1.eml", "2.eml"]
+    with pytest.raises(OSError) as e:
+        os.rename(P(m, "INBOX", "1.eml"), P(m, "Archive", "10.eml"))
+    assert e.value.errno in (errno.ENOENT, errno.EIO), e.value
+    assert _msgids(arch) == [b"<m10@hostile>"], "the old message was expunged"
+    assert not _cmds_after(srv, 0, "EXPUNGE"), srv.commands()
+    r, _ = read_file(P(m, "Archive", "10.eml"))
+    assert r.returncode == 0 and r.stdout == arch.messages[0].body
+    assert_alive(m)
+    rig.finish(m)
+
+
+def test_move_without_copyuid_succeeds(rig):
+    """RFC 6851 says a server SHOULD send COPYUID: one that moves without it still moved.
+    A plain mv succeeds; a rename over a message finds the moved one (by Message-ID) and
+    only then lets the old one go."""
+    srv, inbox, arch = _moves_server(rig, copyuid=False)
+    m = rig.mount(srv)
+    body1, body2 = inbox.messages[0].body, inbox.messages[1].body
+    os.rename(P(m, "INBOX", "2.eml"), P(m, "Archive", "2.eml"))
+    assert _msgids(arch) == [b"<m10@hostile>", b"<m2@hostile>"]
+    os.rename(P(m, "INBOX", "1.eml"), P(m, "Archive", "10.eml"))
+    assert _msgids(arch) == [b"<m1@hostile>", b"<m2@hostile>"]
+    assert _msgids(inbox) == []
+    r, _ = read_file(P(m, "Archive", "10.eml"))
+    assert r.returncode == 0 and r.stdout == body1
+    r, _ = read_file(P(m, "Archive", "2.eml"))
+    assert r.returncode == 0 and r.stdout == body2
+    assert sorted(os.listdir(P(m, "Archive"))) == ["10.eml", "2.eml"]
+    assert_alive(m)
+    rig.finish(m)
+
+
+def test_replace_without_appenduid_keeps_victim(rig):
+    """rename() of a new file onto a message, on a server that gives no APPENDUID: the new
+    message's UID is not known, so the old one must stay (and the name with it), not be
+    expunged and leave the name to nothing."""
+    srv, inbox, arch = _moves_server(rig, appenduid=False)
+    m = rig.mount(srv, allow=[r"its UID is not known; the old one is kept"])
+    new = (b"From: A <a@example.org>\r\nSubject: replacement\r\n"
+           b"Message-ID: <new@hostile>\r\n\r\nnew body\r\n")
+    tmp = P(m, "INBOX", ".2.eml.Ab12Cd")
+    with open(tmp, "wb") as f:
+        f.write(new)
+    try:
+        os.rename(tmp, P(m, "INBOX", "2.eml"))
+        renamed = True
+    except OSError as e:
+        assert e.errno == errno.EIO, e
+        renamed = False
+    r, _ = read_file(P(m, "INBOX", "2.eml"))
+    assert r.returncode == 0, "the name vanished"
+    assert r.stdout == (new if renamed else inbox.messages[1].body)
+    assert b"<new@hostile>" in _msgids(inbox)
+    if not renamed:
+        assert b"<m2@hostile>" in _msgids(inbox), "the old message was expunged"
     assert_alive(m)
     rig.finish(m)

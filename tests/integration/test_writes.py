@@ -120,11 +120,41 @@ def test_rename_tmpfile_over_message_refused_keeps_old(make_user, mount, quota_s
     assert sorted(os.listdir(inbox)) == [name]
 
 
+def test_failed_rename_never_stored_under_temporary_name(make_user, mount, quota_server):
+    """rename() of a closed temporary file refused (over quota) leaves the source, as
+    rename(2) does; it must not be stored under its temporary name DEFER_SECONDS later
+    once the server would take it (space freed meanwhile): it stays a local file until
+    renamed again or removed."""
+    old, filler = make_msg("kl-old", 1), big_msg("kl-filler", QUOTA_KB * 5 // 8)
+    u = make_user("keepl", srv=quota_server)
+    quota_server.create_folders(u.name, ["Trash", "Sent", "Drafts", "Junk"])
+    u.append_many("INBOX", [old, filler])
+    acct = u.account()
+    m = mount(u, debug=True, allow=REFUSAL_LINES + [r"warning: cannot store"])
+    inbox = fpath(m, "INBOX")
+    name = names_by_mid(inbox)[mid_of(old)]
+    new = big_msg("kl-new", QUOTA_KB * 4 // 8)
+    tmp = os.path.join(inbox, "." + name + ".Kl34Mn")
+    write_new(tmp, new)
+    with pytest.raises(OSError) as e:
+        os.rename(tmp, os.path.join(inbox, name))
+    assert e.value.errno in (errno.ENOSPC, errno.EDQUOT), e.value
+    uid = [k for k, v in server_mids(acct, "INBOX").items() if v == mid_of(filler)][0]
+    quota_server.doveadm("expunge", "-u", u.name, "mailbox", "INBOX", "uid", str(uid))
+    time.sleep(7)
+    assert mids_count(acct, "INBOX") == collections.Counter([mid_of(old)]), \
+        "stored under its temporary name"
+    assert os.stat(tmp).st_size == len(new)
+    os.unlink(tmp)
+    assert not os.path.exists(tmp)
+
+
 def test_mv_over_message_source_vanished_keeps_old(make_user, mount, server):
     a, b, c = make_msg("mvv", 0), make_msg("mvv", 1), make_msg("mvv", 2)
     u = setup_user(make_user, {"INBOX": [a, c], "Archive": [b]})
     acct = u.account()
-    m = mount(u, debug=True, options=["poll=600"], allow=REFUSAL_LINES)
+    m = mount(u, debug=True, options=["poll=600"],
+              allow=REFUSAL_LINES + [r"the server said it moved UID \d+, but it is not in"])
     inbox, arch = fpath(m, "INBOX"), fpath(m, "Archive")
     na, nc = names_by_mid(inbox)[mid_of(a)], names_by_mid(inbox)[mid_of(c)]
     target = names_by_mid(arch)[mid_of(b)]
@@ -162,6 +192,152 @@ def test_offline_rename_over_message_replayed(outage):
     assert mid_of(new) in srv and mid_of(o.cached[victim]) not in srv, sorted(srv)
     assert len(srv) == len(o.names)
     assert read(os.path.join(o.inbox, victim)) == new
+
+
+def test_offline_rename_over_message_refused_keeps_old(make_user, mount, quota_server):
+    """Offline, rename() over a message journals the new one's APPEND, then the old one's
+    expunge.  If the server refuses that APPEND at the replay (over quota), the expunge
+    must not run: the old message stays on the server (the new one goes to unsent/)."""
+    from faultproxy import FaultProxy
+    from test_offline import OFFLINE_LINES, via, go_offline as down, come_back as up
+    old = make_msg("offq-old", 1)
+    u = make_user("offq", srv=quota_server)
+    quota_server.create_folders(u.name, ["Trash", "Sent", "Drafts", "Junk"])
+    u.append_many("INBOX", [old])
+    acct = u.account()
+    proxy = FaultProxy(("127.0.0.1", quota_server.ports["imaps"])).start()
+    try:
+        m = mount(u, source=via(proxy, u), options=["poll=2"], srv=quota_server,
+                  allow=OFFLINE_LINES + REFUSAL_LINES +
+                  [r"cannot store|refused a message written offline|never reached the server"])
+        o = collections.namedtuple("O", "proxy mount")(proxy, m)
+        inbox = fpath(m, "INBOX")
+        name = names_by_mid(inbox)[mid_of(old)]
+        assert read(os.path.join(inbox, name)) == old
+        down(o)
+        new = big_msg("offq-new", QUOTA_KB * 2)
+        tmp = os.path.join(inbox, "." + name + ".Zz9Yy8")
+        write_new(tmp, new)
+        os.rename(tmp, os.path.join(inbox, name))
+        assert journal_kinds(m) == [JOURNAL_APPEND, JOURNAL_REMOVE]
+        up(o)
+        assert mids_count(acct, "INBOX") == collections.Counter([mid_of(old)]), \
+            "the old message was expunged though its replacement was refused"
+        assert os.listdir(os.path.join(m.cache_dir, "unsent")), "the new one was not kept"
+        with open(os.path.join(m.path, ".mailfs", "sync"), "w") as f:
+            f.write("1\n")
+        assert wait_until(lambda: [n for n in os.listdir(inbox)
+                                   if read(os.path.join(inbox, n)) == old], 20), \
+            os.listdir(inbox)
+    finally:
+        proxy.stop()
+
+
+def wait_until(pred, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.3)
+    return pred()
+
+
+def test_leftover_replacement_names_are_adopted(make_user, mount):
+    """A kill -9 between a replacement's APPEND and its renaming leaves a row named
+    ".mailfs-N-NAME": the next mount shows it as NAME (or a free "NAME (2).eml" when NAME
+    is taken), never under the hidden name."""
+    a, b, c = make_msg("left", 0), make_msg("left", 1), make_msg("left", 2)
+    u = setup_user(make_user, {"INBOX": [a, b, c]})
+    m = mount(u)
+    inbox = fpath(m, "INBOX")
+    names = names_by_mid(inbox)
+    na, nb, nc = names[mid_of(a)], names[mid_of(b)], names[mid_of(c)]
+    mnt, cache = m.path, m.cache_dir
+    assert m.unmount() == []
+    db = sqlite3.connect(os.path.join(cache, "index.sqlite"))
+    with db:
+        db.execute("UPDATE messages SET name = ? WHERE name = ?", (".mailfs-7-" + na, na))
+        db.execute("UPDATE messages SET name = ? WHERE name = ?", (".mailfs-8-" + nc, nb))
+    db.close()
+    m = mount(u, mnt=mnt, cache_dir=cache, allow=[r"is taken: the new message is"])
+    stem = nc[:-4] if nc.endswith(".eml") else nc
+    listing = sorted(os.listdir(inbox))
+    assert not [x for x in listing if x.startswith(".")], listing
+    assert listing == sorted([na, nc, stem + " (2).eml"]), listing
+    assert read(os.path.join(inbox, na)) == a
+    assert read(os.path.join(inbox, nc)) == c
+    assert read(os.path.join(inbox, stem + " (2).eml")) == b
+
+
+def test_replaced_name_never_missing(make_user, mount):
+    """While rename() replaces a message, its name always answers (the old message or
+    the new one), never ENOENT: a reader polling it meanwhile (a mail client, a second
+    rsync) sees no gap."""
+    u = setup_user(make_user, {"INBOX": [make_msg("gap", 0)]})
+    m = mount(u)
+    inbox = fpath(m, "INBOX")
+    name = sorted(os.listdir(inbox))[0]
+    target = os.path.join(inbox, name)
+    stop, missing = threading.Event(), []
+
+    def poll():
+        while not stop.is_set():
+            try:
+                os.stat(target)
+            except FileNotFoundError:
+                missing.append(time.time())
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        for r in range(15):
+            tmp = os.path.join(inbox, ".%s.G%02d" % (name, r))
+            write_new(tmp, make_msg("gap", r + 1))
+            os.rename(tmp, target)
+    finally:
+        stop.set()
+        t.join()
+    assert not missing, "%s was missing %d times" % (name, len(missing))
+    assert read(target) == make_msg("gap", 15)
+    assert sorted(os.listdir(inbox)) == [name]
+
+
+def test_two_renames_onto_one_name(make_user, mount):
+    """Two temporary files renamed onto the same message at once: the name ends up with
+    one of them, and the other is still to be seen in the mount (under a free name), not
+    hidden under its temporary one."""
+    u = setup_user(make_user, {"INBOX": [make_msg("two", 0)]})
+    acct = u.account()
+    m = mount(u)
+    inbox = fpath(m, "INBOX")
+    name = sorted(os.listdir(inbox))[0]
+    for r in range(4):
+        tmps = []
+        for k in range(2):
+            t = os.path.join(inbox, ".%s.%d%d" % (name, r, k))
+            write_new(t, make_msg("two-%d" % r, k + 1))
+            tmps.append(t)
+        go = threading.Barrier(2)
+        errs = []
+
+        def mv(t):
+            go.wait()
+            try:
+                os.rename(t, os.path.join(inbox, name))
+            except OSError as e:
+                errs.append(e)
+        ts = [threading.Thread(target=mv, args=(t,)) for t in tmps]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errs, errs
+    listing = os.listdir(inbox)
+    on_server = server_mids(acct, "INBOX")
+    assert len(listing) == len(on_server), (sorted(listing), sorted(on_server.values()))
+    assert name in listing
+    assert not [x for x in listing if x.startswith(".")], listing
+    assert sorted(mid_of(read(os.path.join(inbox, x))) for x in listing) == \
+        sorted(on_server.values())
 
 
 # --------------------------------------------------------------------------
@@ -285,6 +461,86 @@ def test_rename_and_unlink_before_release(make_user, mount):
     meta = acct.meta("Imported")
     assert sorted(v["internaldate"] for v in meta.values()) == \
         [1600000000 + k for k in range(5)]
+
+
+def test_unlink_races_release(make_user, mount):
+    """unlink() of a closed temporary file while another thread's close() of the last fd
+    sends its RELEASE: one of them frees the file, the other must not touch it after
+    (run under ASan: a use-after-free there is a sanitizer report and a failed test)."""
+    u = setup_user(make_user, {"INBOX": [], "Imported": []})
+    acct = u.account()
+    m = mount(u)
+    d = fpath(m, "Imported")
+    errors = []
+
+    def worker(t):
+        for i in range(40):
+            tmp = os.path.join(d, ".junk.%d.%03d" % (t, i))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, make_msg("ur", t * 1000 + i))
+                fd2 = os.dup(fd)
+                os.close(fd)                  # FLUSH: deferred, the dup holds it
+                go = threading.Barrier(2)
+                closer = threading.Thread(target=lambda: (go.wait(), os.close(fd2)))
+                closer.start()
+                go.wait()
+                os.unlink(tmp)                # races the dup's RELEASE
+                closer.join()
+            except OSError as e:
+                errors.append((t, i, e))
+    ts = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[:5]
+    time.sleep(6.5)  # nothing given up is stored later
+    assert m.proc.poll() is None, "mailfs died"
+    assert server_mids(acct, "Imported") == {}
+    assert os.listdir(d) == []
+
+
+def test_write_during_append_refused(make_user, mount):
+    """A write that lands while the APPEND of its file is under way (a shared fd: a child
+    closed its copy) must fail, not succeed and never reach the server: every byte a
+    successful write() wrote is on the server."""
+    u = setup_user(make_user, {"INBOX": []})
+    acct = u.account()
+    m = mount(u)
+    path = os.path.join(fpath(m, "INBOX"), "shared fd.eml")
+    head = make_msg("wda", 0) + b"x" * 70 + b"\r\n"
+    head += (b"y" * 70 + b"\r\n") * (4 * 1024 * 1024 // 72)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, head)
+    dup = os.dup(fd)
+    done = threading.Event()
+    ok, refused = [], []
+    closer = threading.Thread(target=lambda: (os.close(dup), done.set()))
+    closer.start()                            # FLUSH: the APPEND starts
+    off, k = len(head), 0
+    try:
+        while not done.is_set() or k < 5:
+            line = b"line %06d\r\n" % k
+            try:
+                os.pwrite(fd, line, off)
+            except OSError as e:
+                refused.append(e.errno)
+            else:
+                ok.append(line)
+                off += len(line)
+            k += 1
+    finally:
+        closer.join()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    assert refused and set(refused) == {errno.EACCES}, (len(ok), set(refused))
+    uids = acct.list_uids("INBOX")
+    assert len(uids) == 1, uids
+    assert acct.fetch_bytes("INBOX", uids[0]) == head + b"".join(ok), \
+        "%d writes succeeded after the APPEND read the file" % len(ok)
 
 
 def test_rsync_twice_with_one_change(make_user, mount, tmp_path):

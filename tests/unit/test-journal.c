@@ -218,6 +218,60 @@ static void test_private_file(void)
 	CHECK(journal_open(&j, "/nonexistent/dir") < 0 && j == NULL);
 }
 
+/* Empty the journal between tests. */
+static void drain(struct journal *j)
+{
+	struct journal_entry e;
+
+	while (journal_first(j, &e) == 0) {
+		journal_done(j, e.seq);
+		journal_entry_clear(&e);
+	}
+}
+
+/* rename() onto a message: the victim's REMOVE finds the replacement
+ * (".mailfs-N-NAME"), and one that an earlier version wrote without it
+ * is linked to it when the journal is opened. */
+static void test_replacement_link(void)
+{
+	struct journal *j;
+	struct journal_entry e, got;
+	uint32_t local = 0;
+
+	CHECK(journal_open(&j, dir) == 0);
+	drain(j);
+	e = (struct journal_entry){ .kind = JOURNAL_APPEND, .folder_id = 7,
+				    .server_name = (char *)"INBOX",
+				    .name = (char *)".mailfs-1796413560000001-x y.eml",
+				    .data = (char *)"a: b\r\n\r\n", .len = 8 };
+	CHECK(journal_add_local(j, &e, 0) == 0);
+	CHECK(journal_uid_is_local(e.uid));
+	CHECK(journal_find_replacement(j, 7, "x y.eml", &local) == 0 && local == e.uid);
+	CHECK(journal_find_replacement(j, 7, "y.eml", &local) == -ENOENT);
+	CHECK(journal_find_replacement(j, 8, "x y.eml", &local) == -ENOENT);
+	/* As an earlier version wrote it: no to_uid. */
+	struct journal_entry r = { .kind = JOURNAL_REMOVE, .folder_id = 7, .uid = 3,
+				   .server_name = (char *)"INBOX", .name = (char *)"x y.eml" };
+	add(j, &r);
+	struct journal_entry other = { .kind = JOURNAL_REMOVE, .folder_id = 7, .uid = 4,
+				       .server_name = (char *)"INBOX", .name = (char *)"z.eml" };
+	add(j, &other);
+	journal_close(&j);
+	CHECK(journal_open(&j, dir) == 0);
+	CHECK(journal_first(j, &got) == 0 && got.kind == JOURNAL_APPEND);
+	journal_done(j, got.seq);
+	journal_entry_clear(&got);
+	CHECK(journal_first(j, &got) == 0 && got.kind == JOURNAL_REMOVE && got.uid == 3);
+	CHECK(got.to_uid == e.uid && got.to_folder_id == 7);
+	journal_done(j, got.seq);
+	journal_entry_clear(&got);
+	CHECK(journal_first(j, &got) == 0 && got.kind == JOURNAL_REMOVE && got.uid == 4);
+	CHECK(got.to_uid == 0 && got.to_folder_id == 0);
+	journal_entry_clear(&got);
+	drain(j);
+	journal_close(&j);
+}
+
 int main(void)
 {
 	char cmd[128];
@@ -230,6 +284,7 @@ int main(void)
 	test_local_uids_and_renumber();
 	test_concurrent_local_uids();
 	test_private_file();
+	test_replacement_link();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "cannot remove %s\n", dir);
