@@ -833,7 +833,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 			tag_new = imap_client_send(w->client,
 						   "UID FETCH %u:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE%s)",
 						   from, condstore ? " MODSEQ" : "");
-			s->eng.fetches++;
+			engine_count_fetches(&s->eng, 1);
 		}
 		/* Flags: only what changed since the last sync (CONDSTORE);
 		 * without it all of them, which also lists the UIDs that
@@ -847,7 +847,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 						     maxuid, (unsigned long long)f.highestmodseq);
 		}
 		if (tag_flags > 0)
-			s->eng.fetches++;
+			engine_count_fetches(&s->eng, 1);
 	}
 	if (tag_new < 0 || tag_flags < 0) {
 		r = -EIO;

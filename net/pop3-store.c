@@ -1413,9 +1413,7 @@ static void do_fetch(struct pstore *s, uint32_t uid)
 	}
 	struct retr_ctx rc = { .s = s, .folder_id = s->spool_id, .uids = batch, .got = got,
 			       .notify = true };
-	pthread_mutex_lock(&s->eng.lock);
-	s->eng.fetches += n;
-	pthread_mutex_unlock(&s->eng.lock);
+	engine_count_fetches(&s->eng, n);
 	r = pop3_client_batch(s->sess.client, "RETR", "", true, nums, n, on_retr, &rc);
 	if (r < 0)
 		log_warn("%s: fetching messages: %s", s->eng.server, pop3_client_error(s->sess.client));
@@ -1505,9 +1503,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 			goto out;
 		struct retr_ctx rc = { .s = s, .folder_id = s->spool_id, .uids = &uid,
 				       .got = &got };
-		pthread_mutex_lock(&s->eng.lock);
-		s->eng.fetches++;
-		pthread_mutex_unlock(&s->eng.lock);
+		engine_count_fetches(&s->eng, 1);
 		if (pop3_client_batch(s->sess.client, "RETR", "", true, &num, 1, on_retr, &rc) < 0 || !got) {
 			log_warn("%s: cannot fetch %s to archive it; it stays in spool/", s->eng.server,
 				 m.name);
