@@ -108,6 +108,8 @@ struct istore {
 	bool names_uid;
 	bool ro;
 	bool delete_trash;
+	/* eng.lock (set by whichever worker runs LIST; read them with
+	 * imap_store_delim() and imap_store_trash_id()): */
 	char delim;       /* the hierarchy delimiter LIST reported */
 	int64_t trash_id; /* the \Trash special-use folder, 0: none */
 	unsigned nworkers;
@@ -190,6 +192,10 @@ bool imap_store_stopping(struct istore *s);
 /* After a command failed with r: reconnect and try once more? */
 bool imap_store_retry(struct worker *w, int r);
 struct fstate *imap_store_fstate(struct istore *s, int64_t id);
+/* s->delim and s->trash_id, read under eng.lock: LIST on another worker
+ * may change them. */
+char imap_store_delim(struct istore *s);
+int64_t imap_store_trash_id(struct istore *s);
 
 /* Something changed that other connections' views of their selected
  * folder may not show yet (new UIDs, expunges, renames): each worker

@@ -247,17 +247,19 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 			continue;
 		struct cache_folder before;
 		bool existed = cache_folder_by_server_name(s->cache, e->server_name, &before) == 0;
-		if (e->delim)
+		if (e->delim) {
+			pthread_mutex_lock(&s->eng.lock);
 			s->delim = e->delim;
+			pthread_mutex_unlock(&s->eng.lock);
+		}
 		if (put_folder(s, parent, comp, e->server_name, e->flags, &id) == 0) {
 			seen_ids[nseen++] = id;
+			pthread_mutex_lock(&s->eng.lock);
 			if (e->flags & CACHE_FOLDER_TRASH)
 				s->trash_id = id;
-			if (!strcasecmp(e->server_name, "INBOX")) {
-				pthread_mutex_lock(&s->eng.lock);
+			if (!strcasecmp(e->server_name, "INBOX"))
 				s->inbox_id = id;
-				pthread_mutex_unlock(&s->eng.lock);
-			}
+			pthread_mutex_unlock(&s->eng.lock);
 			if (!existed) {
 				struct cache_folder f;
 
