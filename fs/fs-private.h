@@ -110,11 +110,16 @@ struct body_fh {
 
 /* A file being created.  Listed in mfs->news (under mfs->lock) so that
  * lookup and getattr see it while it is written. */
+/* A file being created.  FUSE threads (WRITE, FLUSH, SETATTR, RENAME,
+ * RELEASE), the store's thread (append_done) and the notifier (overdue
+ * APPENDs) all reach it. */
 struct new_fh {
 	struct fh h;
+	/* constant after create: */
 	int fd;
 	fuse_ino_t ino;
 	int64_t folder_id;
+	/* mfs.lock: */
 	int64_t mtime;     /* set by utimens (cp -p, rsync); 0: none */
 	bool appended;     /* APPEND confirmed: the message now exists */
 	bool written;      /* data since the last APPEND attempt */
@@ -132,10 +137,12 @@ struct new_fh {
 	bool dropped;      /* unlinked before its RELEASE: RELEASE frees it */
 	struct flush_wait *waiters;
 	time_t released_at;
+	struct new_fh *next;  /* in mfs.news */
+	/* Owned by whoever set `appending` (a rename taking the file), read
+	 * by the APPEND it starts; freed under mfs.lock by untake_locked(): */
 	int64_t final_folder; /* where and as what the rename wants it */
 	char *final_name;
-	struct new_fh *next;
-	char name[];
+	char name[];          /* constant */
 };
 
 #define DEFER_SECONDS 5
@@ -217,6 +224,7 @@ void fs_files_untake(struct mfs *m, struct new_fh *n);
 /* Forget a taken temporary file (unlink): never stored. */
 void fs_files_drop(struct mfs *m, struct new_fh *n);
 void fs_files_append_overdue(struct mfs *m);
+/* With m->lock held (reads n->mtime). */
 void fs_files_attr(struct mfs *m, struct new_fh *n, struct stat *st);
 bool fs_files_attr_by_ino(struct mfs *m, fuse_ino_t ino, struct stat *st);
 void fs_files_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -224,6 +232,7 @@ void fs_files_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 bool fs_files_entry_by_name(struct mfs *m, int64_t folder, const char *name,
 			      struct fuse_entry_param *e);
 struct fh *fs_files_fh(const struct fuse_file_info *fi);
+/* These two with m->lock held (they walk m->news): */
 struct new_fh *fs_files_find_ino(struct mfs *m, fuse_ino_t ino);
 struct new_fh *fs_files_find_name(struct mfs *m, int64_t folder, const char *name);
 void fs_files_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
