@@ -131,7 +131,9 @@ struct verified {
 	uint64_t size;
 };
 
+/* Lock order: eng.lock and the cache's lock are never held together. */
 struct pstore {
+	/* constant once the store is made: */
 	struct store base;
 	struct url url;
 	char *password;
@@ -140,12 +142,13 @@ struct pstore {
 	bool names_uid;
 	bool keep; /* also set by ro */
 	bool ro;   /* -o ro: no DELE ever, nothing consumed */
-	struct cache *cache;
+	struct cache *cache; /* its own lock */
 	int64_t spool_id, archive_id;
 	const char *crash_at; /* MAILFS_TEST_CRASH_AT, or NULL */
 	struct store_events ev;
 
-	struct engine eng; /* its lock protects what follows up to `sess` */
+	struct engine eng;
+	/* eng.lock: */
 	struct job *queue_head, *queue_tail;
 	struct inflight *inflight;
 	struct engine_waiter *sync_waiters;
