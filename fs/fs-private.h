@@ -6,7 +6,12 @@
  *               (create, write, and the APPEND at close or rename)
  * fs-changes.c  rm, mv, mkdir, rmdir, setattr and the xattrs
  *
- * mfs.lock protects the fields marked "lock". */
+ * Threads: libfuse's request threads, the notifier (invalidations and
+ * overdue APPENDs) and the store's threads (its callbacks).  mfs.lock
+ * protects the fields marked "lock" (and those of struct new_fh it names).
+ * It is taken last: nothing holds it while calling the store, the cache
+ * or libfuse, so the store may call back into fs/ with its replay_lock
+ * held. */
 #ifndef MAILFS_FS_PRIVATE_H
 #define MAILFS_FS_PRIVATE_H
 
@@ -37,6 +42,7 @@ struct note {
 #define MOVED_MAX 1024
 
 struct mfs {
+	/* constant once started: */
 	struct cache *cache;
 	struct store *store;
 	bool ro;
@@ -46,7 +52,7 @@ struct mfs {
 	time_t started;
 	struct fuse_session *se;
 
-	pthread_t notifier;
+	pthread_t notifier;          /* main thread's: mfs_start, mfs_stop */
 	bool notifier_running;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
