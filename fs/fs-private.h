@@ -16,6 +16,7 @@
 #define MAILFS_FS_PRIVATE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -66,7 +67,7 @@ struct mfs {
 	unsigned new_ino;                /* atomic */
 	unsigned replace_seq;            /* atomic: temporary names of replacements */
 	struct fh *open_fhs;             /* lock: see struct fh */
-	char *tmp_dir;
+	char *tmp_dir;                   /* constant */
 };
 
 struct new_fh;
@@ -109,16 +110,17 @@ struct body_fh {
 	struct fh h;
 	int fd;
 	off_t size;
-	bool eof; /* the reader reached the end (read-once backends) */
+	/* The reader reached the end (read-once backends).  Atomic: the
+	 * kernel may send READs of one handle at once (readahead). */
+	_Atomic bool eof;
 	int64_t folder_id;
 	uint32_t uid;
 };
 
 /* A file being created.  Listed in mfs->news (under mfs->lock) so that
- * lookup and getattr see it while it is written. */
-/* A file being created.  FUSE threads (WRITE, FLUSH, SETATTR, RENAME,
- * RELEASE), the store's thread (append_done) and the notifier (overdue
- * APPENDs) all reach it. */
+ * lookup and getattr see it while it is written.  FUSE threads (WRITE,
+ * FLUSH, SETATTR, RENAME, RELEASE), the store's thread (append_done) and
+ * the notifier (overdue APPENDs) all reach it. */
 struct new_fh {
 	struct fh h;
 	/* constant after create: */
