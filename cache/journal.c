@@ -16,9 +16,9 @@
 #define JOURNAL_FILE "journal.sqlite"
 
 struct journal {
-	pthread_mutex_t lock;
-	sqlite3 *db;
-	char *path;
+	pthread_mutex_t lock; /* held only inside journal_* calls */
+	sqlite3 *db;          /* lock */
+	char *path;           /* constant */
 };
 
 static const char journal_schema[] =

@@ -553,6 +553,7 @@ static void append_start(struct mfs *m, fuse_req_t req, struct new_fh *n, bool r
 	struct append_ctx *a = calloc(1, sizeof(*a));
 	struct append_ctx stack = { .m = m, .req = req, .n = n, .rename = rename,
 				    .then = then, .then_ctx = then_ctx };
+	int64_t mtime;
 
 	if (!a) {
 		stack.on_stack = true;
@@ -560,13 +561,17 @@ static void append_start(struct mfs *m, fuse_req_t req, struct new_fh *n, bool r
 		return;
 	}
 	*a = stack;
+	/* A write or a utimens through another fd may come meanwhile. */
+	pthread_mutex_lock(&m->lock);
 	n->written = false;
+	mtime = n->mtime;
+	pthread_mutex_unlock(&m->lock);
 	if (!looks_like_message(n->fd)) {
 		append_finish(a, EINVAL);
 		return;
 	}
 	m->store->ops->append(m->store, n->final_name ? n->final_folder : n->folder_id,
-			      n->final_name ? n->final_name : n->name, n->fd, n->mtime,
+			      n->final_name ? n->final_name : n->name, n->fd, mtime,
 			      append_done, a);
 }
 
@@ -657,7 +662,13 @@ void fs_files_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		n->deferred = true;
 		n->written = false;
 		pthread_mutex_unlock(&m->lock);
-		fuse_reply_err(req, looks_like_message(n->fd) ? 0 : (n->err = EINVAL));
+		err = looks_like_message(n->fd) ? 0 : EINVAL;
+		if (err) {
+			pthread_mutex_lock(&m->lock);
+			n->err = err;
+			pthread_mutex_unlock(&m->lock);
+		}
+		fuse_reply_err(req, err);
 		return;
 	}
 	/* close() returns what the server said: the APPEND happens here. */
@@ -770,9 +781,9 @@ void fs_files_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	}
 	n->next = m->news;
 	m->news = n;
-	pthread_mutex_unlock(&m->lock);
 	memset(&e, 0, sizeof(e));
-	fs_files_attr(m, n, &e.attr);
+	fs_files_attr(m, n, &e.attr); /* in the list now: a SETATTR may find it */
+	pthread_mutex_unlock(&m->lock);
 	e.ino = n->ino;
 	e.generation = 1;
 	e.attr_timeout = 0;

@@ -6,11 +6,17 @@
  *               (create, write, and the APPEND at close or rename)
  * fs-changes.c  rm, mv, mkdir, rmdir, setattr and the xattrs
  *
- * mfs.lock protects the fields marked "lock". */
+ * Threads: libfuse's request threads, the notifier (invalidations and
+ * overdue APPENDs) and the store's threads (its callbacks).  mfs.lock
+ * protects the fields marked "lock" (and those of struct new_fh it names).
+ * It is taken last: nothing holds it while calling the store, the cache
+ * or libfuse, so the store may call back into fs/ with its replay_lock
+ * held. */
 #ifndef MAILFS_FS_PRIVATE_H
 #define MAILFS_FS_PRIVATE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -37,6 +43,7 @@ struct note {
 #define MOVED_MAX 1024
 
 struct mfs {
+	/* constant once started: */
 	struct cache *cache;
 	struct store *store;
 	bool ro;
@@ -46,7 +53,7 @@ struct mfs {
 	time_t started;
 	struct fuse_session *se;
 
-	pthread_t notifier;
+	pthread_t notifier;          /* main thread's: mfs_start, mfs_stop */
 	bool notifier_running;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -63,7 +70,7 @@ struct mfs {
 	 * smaller N was left by an earlier session (a kill -9). */
 	uint64_t replace_seq, replace_base;
 	struct fh *open_fhs;             /* lock: see struct fh */
-	char *tmp_dir;
+	char *tmp_dir;                   /* constant */
 };
 
 struct new_fh;
@@ -107,18 +114,24 @@ struct body_fh {
 	struct fh h;
 	int fd;
 	off_t size;
-	bool eof; /* the reader reached the end (read-once backends) */
+	/* The reader reached the end (read-once backends).  Atomic: the
+	 * kernel may send READs of one handle at once (readahead). */
+	_Atomic bool eof;
 	int64_t folder_id;
 	uint32_t uid;
 };
 
 /* A file being created.  Listed in mfs->news (under mfs->lock) so that
- * lookup and getattr see it while it is written. */
+ * lookup and getattr see it while it is written.  FUSE threads (WRITE,
+ * FLUSH, SETATTR, RENAME, RELEASE), the store's thread (append_done) and
+ * the notifier (overdue APPENDs) all reach it. */
 struct new_fh {
 	struct fh h;
+	/* constant after create: */
 	int fd;
 	fuse_ino_t ino;
 	int64_t folder_id;
+	/* mfs.lock: */
 	int64_t mtime;     /* set by utimens (cp -p, rsync); 0: none */
 	bool appended;     /* APPEND confirmed: the message now exists */
 	bool written;      /* data since the last APPEND attempt */
@@ -140,10 +153,12 @@ struct new_fh {
 	bool keep_local;
 	struct flush_wait *waiters;
 	time_t released_at;
+	struct new_fh *next;  /* in mfs.news */
+	/* Owned by whoever set `appending` (a rename taking the file), read
+	 * by the APPEND it starts; freed under mfs.lock by untake_locked(): */
 	int64_t final_folder; /* where and as what the rename wants it */
 	char *final_name;
-	struct new_fh *next;
-	char name[];
+	char name[];          /* constant */
 };
 
 #define DEFER_SECONDS 5
@@ -225,6 +240,7 @@ void fs_files_untake(struct mfs *m, struct new_fh *n);
 /* Forget a taken temporary file (unlink): never stored. */
 void fs_files_drop(struct mfs *m, struct new_fh *n);
 void fs_files_append_overdue(struct mfs *m);
+/* With m->lock held (reads n->mtime). */
 void fs_files_attr(struct mfs *m, struct new_fh *n, struct stat *st);
 bool fs_files_attr_by_ino(struct mfs *m, fuse_ino_t ino, struct stat *st);
 void fs_files_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -232,6 +248,7 @@ void fs_files_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 bool fs_files_entry_by_name(struct mfs *m, int64_t folder, const char *name,
 			      struct fuse_entry_param *e);
 struct fh *fs_files_fh(const struct fuse_file_info *fi);
+/* These two with m->lock held (they walk m->news): */
 struct new_fh *fs_files_find_ino(struct mfs *m, fuse_ino_t ino);
 struct new_fh *fs_files_find_name(struct mfs *m, int64_t folder, const char *name);
 void fs_files_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);

@@ -629,6 +629,11 @@ int main(int argc, char **argv)
 	mfs_stop(mfs);
 	mfs_drain(mfs);
 out_unmount:
+	/* fuse_session_unmount() closes the session's fd, and the engine's
+	 * threads reply through it: stop them first, or a late reply goes
+	 * to a closed fd, or to whatever file has its number by then. */
+	if (store)
+		store->ops->destroy(&store);
 	fuse_session_unmount(se);
 out_handlers:
 	fuse_remove_signal_handlers(se);

@@ -109,9 +109,14 @@ void engine_status(struct engine *e, struct store_status *st)
 	snprintf(st->server, sizeof(st->server), "%s", e->server);
 	st->pending = 0;
 	st->last_sync = e->last_sync;
-	st->fetches = e->fetches;
+	st->fetches = atomic_load_explicit(&e->fetches, memory_order_relaxed);
 	st->dropped = e->dropped;
 	pthread_mutex_unlock(&e->lock);
+}
+
+void engine_count_fetches(struct engine *e, unsigned n)
+{
+	atomic_fetch_add_explicit(&e->fetches, n, memory_order_relaxed);
 }
 
 void engine_stop(struct engine *e)

@@ -9,6 +9,7 @@
 #define MAILFS_ENGINE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -37,8 +38,11 @@ struct engine {
 	bool poll_asked;
 	bool online;
 	int64_t last_sync;        /* unix time the last full sync started */
-	uint64_t fetches;         /* fetch commands sent (UID FETCH, RETR) */
 	unsigned dropped;         /* offline changes given up this session */
+	/* atomic, not locked: a statistic that no other field depends on,
+	 * bumped by every worker in the middle of its commands (see
+	 * engine_count_fetches()). */
+	_Atomic uint64_t fetches; /* fetch commands sent (UID FETCH, RETR) */
 	/* constant after engine_init(): */
 	unsigned poll_seconds;
 	char server[256];         /* the SOURCE URL, for status and logs */
@@ -57,6 +61,8 @@ void engine_sync_now(struct engine *e);
 /* Record a connection's fate; logs the change once. */
 void engine_set_online(struct engine *e, bool online);
 void engine_status(struct engine *e, struct store_status *status_r);
+/* n more fetch commands sent (any thread, with or without the lock). */
+void engine_count_fetches(struct engine *e, unsigned n);
 /* Set stopping, wake every thread waiting on cond or poll_cond, join the
  * poller.  The engine joins its own threads afterwards. */
 void engine_stop(struct engine *e);

@@ -182,7 +182,7 @@ int imap_fetch_bodies(struct worker *w, int64_t folder_id, uint32_t uid, bool pr
 			if (r < 0)
 				break;
 		}
-		s->eng.fetches++;
+		engine_count_fetches(&s->eng, 1);
 		/* A minute, plus time for the bytes at a slow 128 KiB/s. */
 		imap_client_set_deadline(w->client, 60 + (int)(bytes / (128 * 1024)));
 		r = imap_client_run(w->client, on_body, &bc, "UID FETCH %s (UID BODY.PEEK[])", set);

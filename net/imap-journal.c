@@ -254,7 +254,8 @@ static enum store_error apply_rename(struct istore *s, struct op *op, struct cac
 				   .name = op->name };
 	err = record(s, &e);
 	if (err == STORE_OK &&
-	    cache_folder_rename(s->cache, f->id, op->to_folder_id, op->name, server, s->delim) == 0) {
+	    cache_folder_rename(s->cache, f->id, op->to_folder_id, op->name, server,
+				imap_store_delim(s)) == 0) {
 		imap_store_emit_entry(s, f->parent_id, f->name);
 		imap_store_emit_entry(s, op->to_folder_id, op->name);
 		imap_store_view_changed(s);
@@ -289,11 +290,13 @@ static enum store_error journal_apply_locked(struct istore *s, struct op *op, bo
 	if (cache_folder_get(s->cache, op->folder_id, &f) < 0)
 		return STORE_ERR_NOTFOUND;
 	switch (op->kind) {
-	case OP_REMOVE:
-		if (s->delete_trash && s->trash_id && s->trash_id != op->folder_id) {
+	case OP_REMOVE: {
+		int64_t trash_id = imap_store_trash_id(s);
+
+		if (s->delete_trash && trash_id && trash_id != op->folder_id) {
 			struct cache_msg m;
 			struct op mv = { .kind = OP_MOVE, .folder_id = op->folder_id, .uid = op->uid,
-					 .to_folder_id = s->trash_id };
+					 .to_folder_id = trash_id };
 
 			if (cache_msg_get(s->cache, op->folder_id, op->uid, &m) < 0) {
 				err = STORE_ERR_NOTFOUND;
@@ -306,6 +309,7 @@ static enum store_error journal_apply_locked(struct istore *s, struct op *op, bo
 		}
 		err = apply_remove(s, op, &f);
 		break;
+	}
 	case OP_FLAGS:
 		err = apply_flags(s, op, &f);
 		break;

@@ -278,13 +278,15 @@ static enum store_error op_remove(struct worker *w, struct op *op)
 	e = select_rw(w, op->folder_id, &f);
 	if (e != STORE_OK)
 		goto out;
-	if (s->delete_trash && s->trash_id && s->trash_id != op->folder_id) {
+	int64_t trash_id = imap_store_trash_id(s);
+
+	if (s->delete_trash && trash_id && trash_id != op->folder_id) {
 		struct cache_folder t;
 
-		if (cache_folder_get(s->cache, s->trash_id, &t) == 0) {
+		if (cache_folder_get(s->cache, trash_id, &t) == 0) {
 			/* rm with delete=trash is a move to Trash. */
 			struct op mv = { .kind = OP_MOVE, .folder_id = op->folder_id, .uid = op->uid,
-					 .to_folder_id = s->trash_id,
+					 .to_folder_id = trash_id,
 					 .name = (char *)imap_real_name(m.name) };
 			cache_folder_clear(&t);
 			cache_folder_clear(&f);
@@ -453,13 +455,14 @@ char *imap_ops_child_server_name(struct istore *s, int64_t parent_id, const char
 {
 	struct cache_folder p;
 	char *enc = NULL, *full = NULL;
+	char delim = imap_store_delim(s);
 
-	if (strchr(name, s->delim) || mutf7_encode(name, &enc) < 0)
+	if (strchr(name, delim) || mutf7_encode(name, &enc) < 0)
 		return NULL;
 	if (parent_id == 0)
 		return enc;
 	if (cache_folder_get(s->cache, parent_id, &p) == 0) {
-		if (asprintf(&full, "%s%c%s", p.server_name, s->delim, enc) < 0)
+		if (asprintf(&full, "%s%c%s", p.server_name, delim, enc) < 0)
 			full = NULL;
 		cache_folder_clear(&p);
 	}
@@ -608,7 +611,7 @@ static enum store_error op_rename(struct worker *w, struct op *op)
 	if (e == STORE_OK) {
 		imap_client_run(w->client, NULL, NULL, "SUBSCRIBE %s", qn);
 		if (cache_folder_rename(s->cache, op->folder_id, op->to_folder_id, op->name,
-					server, s->delim) == 0) {
+					server, imap_store_delim(s)) == 0) {
 			imap_store_emit_entry(s, f.parent_id, f.name);
 			imap_store_emit_entry(s, op->to_folder_id, op->name);
 		}

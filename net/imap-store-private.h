@@ -6,9 +6,18 @@
  * imap-ops.c    changes made through the mount (the operations table)
  * imap-idle.c   IDLE connections that notice server changes at once
  *
- * Locking: istore.lock protects the fields marked "lock" below; it is never
- * held across network I/O or while calling back into fs/.  A worker's
- * client belongs to that worker's thread alone. */
+ * Threads: MAX_WORKERS workers (each owns its struct worker and client),
+ * two idlers (each owns its struct idler), the engine's poller, and the
+ * FUSE threads that call the store_ops.
+ *
+ * Locking: istore.eng.lock protects the fields marked "eng.lock" below; it
+ * is never held across network I/O, nor while calling back into fs/ or
+ * into the cache or the journal.  The cache and the journal have their own
+ * locks, held only inside their calls.
+ *
+ * Lock order: replay_lock, then any of eng.lock, the cache's lock, the
+ * journal's lock, fs/'s mfs.lock (through the events).  eng.lock, the
+ * cache's and the journal's lock are never held while taking another. */
 #ifndef MAILFS_IMAP_STORE_PRIVATE_H
 #define MAILFS_IMAP_STORE_PRIVATE_H
 
@@ -62,7 +71,7 @@ struct job {
 	struct job *next;
 };
 
-/* Per-folder state of this session. */
+/* Per-folder state of this session (eng.lock, all of it). */
 struct fstate {
 	bool ready;   /* synced at least once this session */
 	bool queued;  /* a JOB_SYNC is in the queue */
@@ -70,7 +79,7 @@ struct fstate {
 	struct engine_waiter *waiters;
 };
 
-/* A body being fetched; waiters are called when it lands. */
+/* A body being fetched; waiters are called when it lands (eng.lock). */
 struct inflight {
 	int64_t folder_id;
 	uint32_t uid;
@@ -80,6 +89,7 @@ struct inflight {
 
 struct istore;
 
+/* Its thread's alone (its client, its selected folder). */
 struct worker {
 	struct istore *s;
 	int index;
@@ -93,7 +103,7 @@ struct worker {
 
 /* A connection that IDLEs on one folder and queues a sync of it when the
  * server says something changed there. */
-struct idler {
+struct idler { /* its thread's alone */
 	struct istore *s;
 	pthread_t thread;
 	struct imap_client *client;
@@ -104,6 +114,7 @@ struct idler {
 #define RENUM_MAX 256
 
 struct istore {
+	/* constant once the store is made (before its threads start): */
 	struct store base;
 	struct url url;
 	char *password;
@@ -112,31 +123,39 @@ struct istore {
 	bool names_uid;
 	bool ro;
 	bool delete_trash;
+	unsigned nworkers;
+	struct cache *cache;        /* its own lock */
+	struct journal *journal;    /* offline changes; its own lock */
+	char *cache_dir;
+	struct store_events ev;
+
+	/* eng.lock (set by whichever worker runs LIST; read them with
+	 * imap_store_delim() and imap_store_trash_id()): */
 	char delim;       /* the hierarchy delimiter LIST reported */
 	int64_t trash_id; /* the \Trash special-use folder, 0: none */
-	unsigned nworkers;
-	struct cache *cache;
-	struct journal *journal;    /* offline changes; its own lock */
 	struct {
 		int64_t folder_id;
 		uint32_t local, uid;
 	} renum[RENUM_MAX];         /* eng.lock: local UIDs replaced this session */
-	unsigned renum_next;
-	char *cache_dir;
-	pthread_mutex_t replay_lock; /* one replay at a time, ahead of all else */
-	struct store_events ev;
+	unsigned renum_next;        /* eng.lock */
+	/* One replay at a time, ahead of all else; taken before eng.lock
+	 * (imap_journal_apply -> imap_journal_translate). */
+	pthread_mutex_t replay_lock;
 
-	struct engine eng; /* its lock protects what follows up to view_gen */
-	struct job *queue_head, *queue_tail;
-	struct fstate **fst;
-	size_t fst_len;
-	struct inflight *inflight;
+	struct engine eng;
+	struct job *queue_head, *queue_tail; /* eng.lock */
+	struct fstate **fst;                 /* eng.lock, and what they point to */
+	size_t fst_len;                      /* eng.lock */
+	struct inflight *inflight;           /* eng.lock */
 
+	/* atomic, not locked: every worker reads it before each job, and
+	 * nothing else has to agree with it. */
 	_Atomic uint64_t view_gen; /* see imap_store_view_changed() */
-	int64_t inbox_id;  /* lock */
-	int64_t recent_id; /* lock: the folder used last through the mount */
-	pthread_cond_t idle_cond; /* recent_id changed / stopping */
+	int64_t inbox_id;  /* eng.lock */
+	int64_t recent_id; /* eng.lock: the folder used last through the mount */
+	pthread_cond_t idle_cond; /* with eng.lock: recent_id changed / stopping */
 
+	/* Set before the threads start, joined at destroy: */
 	struct worker workers[MAX_WORKERS];
 	struct idler idlers[2];
 	bool started;
@@ -194,6 +213,10 @@ bool imap_store_stopping(struct istore *s);
 /* After a command failed with r: reconnect and try once more? */
 bool imap_store_retry(struct worker *w, int r);
 struct fstate *imap_store_fstate(struct istore *s, int64_t id);
+/* s->delim and s->trash_id, read under eng.lock: LIST on another worker
+ * may change them. */
+char imap_store_delim(struct istore *s);
+int64_t imap_store_trash_id(struct istore *s);
 
 /* Something changed that other connections' views of their selected
  * folder may not show yet (new UIDs, expunges, renames): each worker

@@ -182,6 +182,26 @@ int imap_store_connect(struct worker *w, const char **error_r)
 	return 0;
 }
 
+char imap_store_delim(struct istore *s)
+{
+	char d;
+
+	pthread_mutex_lock(&s->eng.lock);
+	d = s->delim;
+	pthread_mutex_unlock(&s->eng.lock);
+	return d;
+}
+
+int64_t imap_store_trash_id(struct istore *s)
+{
+	int64_t id;
+
+	pthread_mutex_lock(&s->eng.lock);
+	id = s->trash_id;
+	pthread_mutex_unlock(&s->eng.lock);
+	return id;
+}
+
 static void note_recent(struct istore *s, int64_t folder_id)
 {
 	/* Called with the lock held. */

@@ -247,17 +247,19 @@ int imap_sync_list(struct istore *s, struct imap_client *c, const char **error_r
 			continue;
 		struct cache_folder before;
 		bool existed = cache_folder_by_server_name(s->cache, e->server_name, &before) == 0;
-		if (e->delim)
+		if (e->delim) {
+			pthread_mutex_lock(&s->eng.lock);
 			s->delim = e->delim;
+			pthread_mutex_unlock(&s->eng.lock);
+		}
 		if (put_folder(s, parent, comp, e->server_name, e->flags, &id) == 0) {
 			seen_ids[nseen++] = id;
+			pthread_mutex_lock(&s->eng.lock);
 			if (e->flags & CACHE_FOLDER_TRASH)
 				s->trash_id = id;
-			if (!strcasecmp(e->server_name, "INBOX")) {
-				pthread_mutex_lock(&s->eng.lock);
+			if (!strcasecmp(e->server_name, "INBOX"))
 				s->inbox_id = id;
-				pthread_mutex_unlock(&s->eng.lock);
-			}
+			pthread_mutex_unlock(&s->eng.lock);
 			if (!existed) {
 				struct cache_folder f;
 
@@ -833,7 +835,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 			tag_new = imap_client_send(w->client,
 						   "UID FETCH %u:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE%s)",
 						   from, condstore ? " MODSEQ" : "");
-			s->eng.fetches++;
+			engine_count_fetches(&s->eng, 1);
 		}
 		/* Flags: only what changed since the last sync (CONDSTORE);
 		 * without it all of them, which also lists the UIDs that
@@ -847,7 +849,7 @@ int imap_sync_folder(struct worker *w, int64_t folder_id)
 						     maxuid, (unsigned long long)f.highestmodseq);
 		}
 		if (tag_flags > 0)
-			s->eng.fetches++;
+			engine_count_fetches(&s->eng, 1);
 	}
 	if (tag_new < 0 || tag_flags < 0) {
 		r = -EIO;

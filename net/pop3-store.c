@@ -146,7 +146,9 @@ struct verified {
 	uint64_t size;
 };
 
+/* Lock order: eng.lock and the cache's lock are never held together. */
 struct pstore {
+	/* constant once the store is made: */
 	struct store base;
 	struct url url;
 	char *password;
@@ -155,13 +157,14 @@ struct pstore {
 	bool names_uid;
 	bool keep; /* also set by ro */
 	bool ro;   /* -o ro: no DELE ever, nothing consumed */
-	struct cache *cache;
+	struct cache *cache; /* its own lock */
 	int64_t spool_id, archive_id;
 	const char *crash_at; /* MAILFS_TEST_CRASH_AT, or NULL */
 	int64_t forget_seconds; /* FORGET_SECONDS, or MAILFS_TEST_FORGET_SECONDS */
 	struct store_events ev;
 
-	struct engine eng; /* its lock protects what follows up to `sess` */
+	struct engine eng;
+	/* eng.lock: */
 	struct job *queue_head, *queue_tail;
 	struct inflight *inflight;
 	struct engine_waiter *sync_waiters;
@@ -1643,9 +1646,7 @@ static void do_fetch(struct pstore *s, uint32_t uid)
 	}
 	struct retr_ctx rc = { .s = s, .folder_id = s->spool_id, .uids = batch, .got = got,
 			       .notify = true };
-	pthread_mutex_lock(&s->eng.lock);
-	s->eng.fetches += n;
-	pthread_mutex_unlock(&s->eng.lock);
+	engine_count_fetches(&s->eng, n);
 	r = pop3_client_batch(s->sess.client, "RETR", "", true, nums, n, on_retr, &rc);
 	if (r < 0)
 		log_warn("%s: fetching messages: %s", s->eng.server, pop3_client_error(s->sess.client));
@@ -1797,9 +1798,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 			goto out;
 		struct retr_ctx rc = { .s = s, .folder_id = s->spool_id, .uids = &uid,
 				       .got = &got };
-		pthread_mutex_lock(&s->eng.lock);
-		s->eng.fetches++;
-		pthread_mutex_unlock(&s->eng.lock);
+		engine_count_fetches(&s->eng, 1);
 		if (pop3_client_batch(s->sess.client, "RETR", "", true, &num, 1, on_retr, &rc) < 0 || !got) {
 			log_warn("%s: cannot fetch %s to archive it; it stays in spool/", s->eng.server,
 				 m.name);
