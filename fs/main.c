@@ -410,8 +410,8 @@ static bool pop3_store_stays(const char *cache_dir, const char *data_dir, bool r
 	int r;
 
 	if (ro)
-		return cache_store_is_old(cache_dir, data_dir, POP3_ARCHIVE_SERVER_NAME);
-	r = cache_store_move(cache_dir, data_dir, POP3_ARCHIVE_SERVER_NAME, &err);
+		return pop3_store_is_old(cache_dir, data_dir);
+	r = pop3_store_move(cache_dir, data_dir, &err);
 	if (r == 0)
 		return false;
 	if (r != -EXDEV)
@@ -515,11 +515,13 @@ int main(int argc, char **argv)
 		struct cache_folder *fl;
 		size_t n;
 
-		if (cache_folder_list(cache, &fl, &n) == 0) {
-			/* Local-only folders (POP3's archive, server names
-			 * starting with \x01) hold the only copy: keep them. */
+		/* IMAP's folders are a cache of the server, made again
+		 * under the new names.  POP3's spool and archive keep the
+		 * names they have (the archive is the only copy); so does
+		 * any local-only folder. */
+		if (url.proto == URL_IMAP && cache_folder_list(cache, &fl, &n) == 0) {
 			for (size_t i = 0; i < n; i++)
-				if (fl[i].server_name[0] != '\x01')
+				if (!(fl[i].flags & CACHE_FOLDER_LOCAL))
 					cache_folder_reset(cache, fl[i].id);
 			cache_folder_list_free(fl, n);
 		}

@@ -63,9 +63,6 @@
 #include "store.h"
 #include "url.h"
 
-/* The archive folder's server name: a store that has it is POP3's (and
- * is moved from an earlier version's cache directory, see main.c). */
-#define POP3_ARCHIVE_SERVER_NAME "\x01pop3:archive"
 
 struct pop3_store_opts {
 	const struct url *url;
@@ -85,5 +82,14 @@ struct pop3_store_opts {
  * *auth_failed_r tells a refused login from other failures. */
 struct store *pop3_store_new(const struct pop3_store_opts *opts,
 			     bool *auth_failed_r, const char **error_r);
+
+/* Move a POP3 store an earlier mailfs kept in cache_dir to data_dir (a
+ * store is POP3's when it has the archive folder): cache_store_move(),
+ * which says what 0 and < 0 mean.  Call before cache_open(data_dir). */
+int pop3_store_move(const char *cache_dir, const char *data_dir, const char **error_r);
+
+/* Whether cache_dir holds a POP3 store that pop3_store_move() would move
+ * (cache_store_is_old()); for -o ro, which uses it in place. */
+bool pop3_store_is_old(const char *cache_dir, const char *data_dir);
 
 #endif

@@ -1,4 +1,4 @@
-/* fuzz-mutf7.c: libFuzzer target for net/mutf7.c.
+/* fuzz-mutf7.c: libFuzzer target for net/client/mutf7.c.
  *
  * Any input may be refused, but what is accepted must be valid UTF-8 that
  * encodes back to something decoding to the same string, and any valid

@@ -21,7 +21,7 @@ Memory bound asserted: the daemon's peak resident set (VmHWM from /proc/PID/stat
 mounted daemon; ru_maxrss from wait4() for a mount command that fails before detaching)
 stays under MEM_BOUND_MB = 200 MB (600 MB for an ASan build, whose shadow memory and
 allocator metadata multiply resident memory; the quarantine is capped at 32 MB below).
-Why 200 MB: net/imap-parser.h checks every length before allocating -- a line is capped at
+Why 200 MB: net/client/imap-parser.h checks every length before allocating -- a line is capped at
 8 MiB (max_line), and a literal over max_literal (256 MiB as imap-client.c sets it; the
 parser's default is 1 GiB) is refused from its `{n}` header, before any byte of it is
 buffered.  So a 4 GB literal announcement, a several-hundred-MB

@@ -1086,6 +1086,23 @@ def _consume(m, msgs, count):
     return done
 
 
+def test_names_switch_keeps_spool_and_archive_names(loaded, mount):
+    """Another names= than the store was made with remakes no POP3 name: the archive is the
+    only copy, and the spool keeps its names too (fs/main.c resets IMAP folders only)."""
+    user, token, msgs = loaded
+    m = mount(user, scheme="pop3s")
+    done = _consume(m, msgs, 1)
+    spool_before = sorted(os.listdir(spool(m)))
+    archive_before = sorted(os.listdir(archive(m)))
+    assert len(spool_before) == 4 and archive_before == sorted(done.values())
+    assert not m.unmount()
+    m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, names="uid")
+    assert sorted(os.listdir(archive(m2))) == archive_before
+    assert sorted(os.listdir(spool(m2))) == spool_before
+    for subj, name in done.items():
+        assert read(os.path.join(archive(m2), name)) == msgs[subj]
+
+
 def test_archive_lives_in_xdg_data_home_and_survives_a_cache_wipe(loaded, mount, tmp_path):
     user, token, msgs = loaded
     pop = Pop(user)

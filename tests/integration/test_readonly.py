@@ -381,6 +381,24 @@ def test_names_stable_across_remount(make_user, mount, mounter):
     assert before == after
 
 
+def test_names_switch_on_a_cache_makes_names_again(make_user, mount):
+    """A mount with another names= than the cache was made with shows every message under
+    the new scheme: IMAP's folders are a cache, made again (fs/main.c)."""
+    u = make_user("switch")
+    u.load(corpus_mod.corpus(20, seed=11, big=0))
+    m = mount(u)
+    before = {f: sorted(os.listdir(folder_path(m.path, f))) for f in ("INBOX", "Odd")}
+    assert all(not re.fullmatch(r"\d+\.eml", n) for names in before.values() for n in names)
+    cache = m.cache_dir
+    problems = m.unmount()
+    assert not problems, "\n".join(problems)
+    m2 = mount(u, cache_dir=cache, names="uid")
+    after = {f: sorted(os.listdir(folder_path(m2.path, f))) for f in ("INBOX", "Odd")}
+    for f in before:
+        assert len(after[f]) == len(before[f]) > 0, f
+        assert all(re.fullmatch(r"\d+\.eml", n) for n in after[f]), (f, after[f][:5])
+
+
 def test_names_uid(ro, module_mount):
     m = module_mount(ro.user, names="uid")
     problems = []

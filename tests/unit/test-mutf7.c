@@ -1,4 +1,4 @@
-/* test-mutf7.c: modified UTF-7 decoding and encoding (net/mutf7.c).
+/* test-mutf7.c: modified UTF-7 decoding and encoding (net/client/mutf7.c).
  *
  * Table-driven: pairs that must convert both ways, strings that must be
  * refused, and a round trip over a set of UTF-8 names.  Every fuzzer

@@ -52,7 +52,7 @@
 /* Server names no IMAP mailbox can have, so a cache directory once used
  * for something else cannot be mistaken for ours. */
 #define SPOOL_SERVER_NAME "\x01pop3:spool"
-#define ARCHIVE_SERVER_NAME POP3_ARCHIVE_SERVER_NAME
+#define ARCHIVE_SERVER_NAME "\x01pop3:archive"
 
 #define KV_NEXT_ID "pop3.next_id"
 #define KV_UIDL "pop3.uidl."
@@ -2455,4 +2455,14 @@ fail:
 		pstore_destroy(&b);
 	}
 	return NULL;
+}
+
+int pop3_store_move(const char *cache_dir, const char *data_dir, const char **error_r)
+{
+	return cache_store_move(cache_dir, data_dir, ARCHIVE_SERVER_NAME, error_r);
+}
+
+bool pop3_store_is_old(const char *cache_dir, const char *data_dir)
+{
+	return cache_store_is_old(cache_dir, data_dir, ARCHIVE_SERVER_NAME);
 }
