@@ -246,6 +246,17 @@ def mounted_paths():
     return out
 
 
+def wait_for(pred, timeout, step=0.2):
+    """pred()'s first true value within timeout seconds, else its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
+
+
 def is_mounted(path):
     return os.path.realpath(path) in mounted_paths()
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from faultproxy import FaultProxy
+from conftest import wait_for
 
 # What mailfs says, rightly, while the proxy stalls its connections.
 OFFLINE_LINES = [r"connection lost|cannot connect|timed out|reset|refus|unreachable|"
@@ -29,16 +30,6 @@ def _msg(i, tag="life"):
 
 def via(proxy, user):
     return "imaps://%s@127.0.0.1:%d" % (user.name, proxy.port)
-
-
-def wait_for(pred, timeout, step=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def finished(m, timeout=30):

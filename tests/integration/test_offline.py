@@ -23,6 +23,7 @@ import time
 import pytest
 
 from faultproxy import FaultProxy
+from conftest import wait_for
 
 # Longest a read of an uncached message may block while the server is unreachable.
 DOWN_BOUND_S = 20     # refused/reset connections: fails fast
@@ -48,16 +49,6 @@ def assert_eio_within(path, bound):
     assert ei.value.errno == errno.EIO, ei.value
     assert took < bound, took
     return took
-
-
-def wait_for(pred, timeout, step=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def read(path):

@@ -21,6 +21,7 @@ import pytest
 
 import mailserver
 from faultproxy import FaultProxy
+from conftest import wait_for
 
 QUOTA_KB = 64
 CAPS = ("IMAP4rev1 SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT CHILDREN UIDPLUS MOVE "
@@ -77,16 +78,6 @@ def write_file(path, data):
     except OSError as e:
         return e.errno
     return 0
-
-
-def wait_for(pred, timeout, step=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 def server_subjects(acct, folder):
