@@ -619,10 +619,31 @@ static void replace_victim_gone(void *ctx, enum store_error err, bool changed)
 	replace_free(p);
 }
 
+/* After rename() the kernel may still ask for the old message by its
+ * inode: a stat(NAME) that found the old dentry just before the rename
+ * replaced it, whose attributes the rename made stale (the kernel drops
+ * the replaced inode's link and asks again).  Once the old one is gone
+ * that inode answers as the message that took its name, as NAME does,
+ * rather than ENOENT.  Unused while the old one exists (mfs_msg_of looks
+ * for its row first), as when it cannot be removed. */
+static void replace_note_successor(struct parked *p)
+{
+	struct cache_msg nm;
+
+	if (cache_msg_lookup(p->m->cache, p->to_folder_id, p->hidden ? p->name : p->tmp_name,
+			     &nm) < 0)
+		return;
+	if (nm.uid != p->victim)
+		mfs_note_moved(p->m, msg_ino(p->to_folder_id, p->victim),
+			       msg_ino(p->to_folder_id, nm.uid));
+	cache_msg_clear(&nm);
+}
+
 /* The new message is on the server (or in the journal): the old one goes. */
 static void replace_remove_victim(struct parked *p)
 {
 	replace_swap(p);
+	replace_note_successor(p);
 	p->m->store->ops->remove(p->m->store, p->to_folder_id, p->victim, replace_victim_gone, p);
 }
 
