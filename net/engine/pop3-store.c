@@ -979,16 +979,22 @@ static bool sess_has_top(struct pstore *s)
 }
 
 /* Is the session's message pm the one consumed with this size and digest?
- * 1, 0, or a negative errno (connection). */
-static int same_message(struct pstore *s, struct pop3_msg *pm, uint64_t size, const char *digest)
+ * listed: the digest of the headers TOP gave when its spool row was listed
+ * ("" when unknown).  1, 0, or a negative errno (connection). */
+static int same_message(struct pstore *s, struct pop3_msg *pm, uint64_t size, const char *digest,
+			const char *listed)
 {
 	struct check c = { .pm = pm };
 	int r;
 
 	if (pm->size != size)
 		return 0;
-	/* RETR'd in this session: numbers hold until QUIT; still, TOP
-	 * shows the body is not another command's answer. */
+	/* RETR'd in this session (numbers hold until QUIT) and the body has
+	 * the headers TOP listed for this UIDL: it is no other command's
+	 * answer, and no round trip is needed. */
+	if (pm->retrieved && digest[0] && !strcmp(digest, listed))
+		return 1;
+	/* Otherwise TOP shows it, where the server has TOP. */
 	if (!digest[0] || !sess_has_top(s))
 		return pm->retrieved;
 	r = pop3_client_batch(s->sess.client, "TOP", " 0", true, &pm->n, 1, on_top_check, &c);
@@ -1862,7 +1868,7 @@ static void do_consume(struct pstore *s, uint32_t uid)
 	struct pop3_msg *pm = sess_find(&s->sess, m.message_id);
 	if (!pm)
 		goto out; /* gone from the server already */
-	r = same_message(s, pm, list_size, digest);
+	r = same_message(s, pm, list_size, digest, listed_digest);
 	if (r <= 0) {
 		if (r == 0)
 			log_warn("%s: not deleting %s from the server: its UIDL %s may name another "
