@@ -2263,23 +2263,33 @@ static void cache_body_kept_damaged(struct cache *cache, int64_t folder_id,
 			 "/%s", cache->dir, path, file_size, row_size, qname);
 }
 
+/* Caller holds cache->lock.  The row's body size and its path under
+ * bodies/: 0, -ENOENT when the body is not cached, or an error. */
+static int cache_body_locate(struct cache *cache, int64_t folder_id, uint32_t uid,
+			     char path[48], uint64_t *size_r)
+{
+	bool cached;
+	int ret = cache_body_state(cache, folder_id, uid, &cached, size_r);
+
+	if (ret < 0)
+		return ret;
+	if (!cached)
+		return -ENOENT;
+	cache_body_path(path, 48, folder_id, uid);
+	return 0;
+}
+
 int cache_body_verify(struct cache *cache, int64_t folder_id, uint32_t uid)
 {
 	char path[48];
 	struct stat st;
 	uint64_t size;
-	bool cached;
 	int ret;
 
 	pthread_mutex_lock(&cache->lock);
-	ret = cache_body_state(cache, folder_id, uid, &cached, &size);
+	ret = cache_body_locate(cache, folder_id, uid, path, &size);
 	if (ret < 0)
 		goto out;
-	if (!cached) {
-		ret = -ENOENT;
-		goto out;
-	}
-	cache_body_path(path, sizeof(path), folder_id, uid);
 	if (fstatat(cache->bodies_fd, path, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		ret = -errno;
 	else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size)
@@ -2293,20 +2303,14 @@ int cache_body_open(struct cache *cache, int64_t folder_id, uint32_t uid)
 {
 	char path[48];
 	uint64_t size;
-	bool cached;
 	int ret, fd;
 
-	pthread_mutex_lock(&cache->lock);
-	ret = cache_body_state(cache, folder_id, uid, &cached, &size);
-	if (ret < 0)
-		goto out;
-	if (!cached) {
-		ret = -ENOENT;
-		goto out;
-	}
 	/* Under the lock, so that eviction cannot unlink it between the
 	 * check and the open. */
-	cache_body_path(path, sizeof(path), folder_id, uid);
+	pthread_mutex_lock(&cache->lock);
+	ret = cache_body_locate(cache, folder_id, uid, path, &size);
+	if (ret < 0)
+		goto out;
 	fd = openat(cache->bodies_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0) {
 		ret = -errno;
