@@ -435,6 +435,25 @@ def test_data_injected_after_stls_is_refused(fake_pop3, try_mount, tmp_path):
 # --------------------------------------------------------------------------
 # crashes: nothing lost, nothing twice
 
+def crash_reading_first(user, mount, point):
+    """Mount with MAILFS_TEST_CRASH_AT=point, read the first spool message (by subject)
+    so that the daemon kills itself there, and clear the dead mount.  Returns the dead
+    Mount (its cache_dir and log stay usable), the spool names by subject, and the subject
+    read."""
+    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": point})
+    names = by_subject(spool(m))
+    subj = sorted(names)[0]
+    try:
+        read(os.path.join(spool(m), names[subj]))
+    except OSError:
+        pass
+    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash at %s" % point
+    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
+    m.unmounted = True  # handled here: the fixture would call the crash a failure
+    return m, names, subj
+
+
+
 @pytest.mark.parametrize("point", ["after_retr", "after_fsync", "after_dele"])
 def test_kill_during_consume_loses_and_duplicates_nothing(point, loaded, mount):
     user, token, msgs = loaded
@@ -578,16 +597,7 @@ def test_ro_mount_does_not_finish_an_earlier_consume(loaded, mount):
     user, token, msgs = loaded
     pop = Pop(user)
     before = pop.uidls()
-    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": "after_fsync"})
-    names = by_subject(spool(m))
-    subj = sorted(names)[0]
-    try:
-        read(os.path.join(spool(m), names[subj]))
-    except OSError:
-        pass
-    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash"
-    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
-    m.unmounted = True
+    m, names, subj = crash_reading_first(user, mount, "after_fsync")
     assert pop.uidls() == before
     m2 = mount(user, scheme="pop3s", cache_dir=m.cache_dir, options=["ro"], debug=True)
     assert os.listdir(archive(m2)) == [names[subj]]
@@ -968,17 +978,8 @@ def test_old_records_without_identity_are_hidden_but_never_deleted(loaded, mount
     user, token, msgs = loaded
     pop = Pop(user)
     before = pop.uidls()
-    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": "after_fsync"})
-    names = by_subject(spool(m))
-    subj = sorted(names)[0]
-    try:
-        read(os.path.join(spool(m), names[subj]))
-    except OSError:
-        pass
-    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash"
-    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
-    m.unmounted = True
-    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    m, names, subj = crash_reading_first(user, mount, "after_fsync")
+    store = _store_dir(m)
     db = sqlite3.connect(os.path.join(store, "index.sqlite"))
     rows = db.execute("SELECT key, value FROM kv WHERE key LIKE 'pop3.archived.%'").fetchall()
     assert len(rows) == 1, rows
@@ -1011,7 +1012,7 @@ def test_old_keep_record_stays_hidden_after_rm_in_archive(loaded, mount):
     assert wait_for(lambda: names[subj] in os.listdir(archive(m)))
     os.unlink(os.path.join(archive(m), names[subj]))
     assert not m.unmount()
-    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    store = _store_dir(m)
     db = sqlite3.connect(os.path.join(store, "index.sqlite"))
     rows = db.execute("SELECT key, value FROM kv WHERE key LIKE 'pop3.archived.%'").fetchall()
     assert len(rows) == 1, rows
@@ -1034,7 +1035,7 @@ def test_stale_uidl_mapping_does_not_block_the_archive(loaded, mount):
     done = _consume(m, msgs, 1)
     assert wait_for(lambda: len(Pop(user).uidls()) == 4)
     assert not m.unmount()
-    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    store = _store_dir(m)
     db = sqlite3.connect(os.path.join(store, "index.sqlite"))
     (taken,) = db.execute("SELECT value FROM kv WHERE key LIKE 'pop3.archived.%'").fetchone()
     taken = taken.split()[0]
@@ -1061,6 +1062,11 @@ def test_stale_uidl_mapping_does_not_block_the_archive(loaded, mount):
 def _account_dir(m):
     """USER@HOST:PORT of a mount's source, the store's directory name."""
     return re.match(r"pop3s?://(.*)$", m.source).group(1)
+
+
+def _store_dir(m):
+    """The POP3 store of a mount made by the fixture (XDG_DATA_HOME=<base>/data)."""
+    return os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
 
 
 def _store_files(root):
@@ -1256,7 +1262,7 @@ def test_a_damaged_archived_body_is_kept(loaded, mount):
     done = _consume(m, msgs, 1)
     subj, name = list(done.items())[0]
     assert not m.unmount()
-    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    store = _store_dir(m)
     path = [p for root in (store, m.cache_dir) for p, b in _store_files(root).items()
             if b == msgs[subj]]
     assert len(path) == 1, path
@@ -1301,18 +1307,9 @@ def test_no_dele_while_the_archived_copy_is_damaged(loaded, mount):
     user, token, msgs = loaded
     pop = Pop(user)
     # Archived durably, killed before the DELE: the next sync would finish the consume.
-    m = mount(user, scheme="pop3s", env={"MAILFS_TEST_CRASH_AT": "after_fsync"})
-    names = by_subject(spool(m))
-    subj = sorted(names)[0]
-    try:
-        read(os.path.join(spool(m), names[subj]))
-    except OSError:
-        pass
-    assert wait_for(lambda: m.proc.poll() is not None, timeout=20), "no crash"
-    subprocess.run(["fusermount3", "-uz", m.path], capture_output=True)
-    m.unmounted = True
+    m, names, subj = crash_reading_first(user, mount, "after_fsync")
     # The archived copy is damaged meanwhile: the server's is then the only good one.
-    store = os.path.join(m.mounter.base_dir, "data", "mailfs", _account_dir(m))
+    store = _store_dir(m)
     path = [p for root in (store, m.cache_dir) for p, b in _store_files(root).items()
             if b == msgs[subj]]
     assert len(path) == 1, path
@@ -1323,3 +1320,23 @@ def test_no_dele_while_the_archived_copy_is_damaged(loaded, mount):
     time.sleep(2)
     assert subj in pop.subjects(), "the server's copy was deleted; the archived one is damaged"
     assert "not deleting it from the server" in m2.log()
+
+
+def test_consume_asks_top_only_at_listing(loaded, mount):
+    """A message RETR'd in this session whose headers are the ones TOP listed is deleted
+    without asking TOP again: reading the spool costs no round trip per message beyond
+    RETR and DELE.  The server's side: every message deleted, each archived once."""
+    user, token, msgs = loaded
+    pop = Pop(user)
+    m = mount(user, scheme="pop3s", debug=True)
+    names = by_subject(spool(m))
+    tops_at_listing = len(re.findall(r"TOP \d+ 0", m.log()))
+    assert tops_at_listing >= len(msgs), m.log()[-2000:]
+    for subj in sorted(names):
+        assert read(os.path.join(spool(m), names[subj])) == msgs[subj]
+    assert wait_for(lambda: len(os.listdir(archive(m))) == len(msgs)), os.listdir(archive(m))
+    assert wait_for(lambda: pop.uidls() == {}, timeout=20), pop.uidls()
+    log = m.log()
+    assert len(re.findall(r"DELE \d", log)) == len(msgs), log[-3000:]
+    assert len(re.findall(r"TOP \d+ 0", log)) == tops_at_listing, \
+        "TOP asked again at consume: %s" % re.findall(r".*TOP \d+ 0.*", log)
